@@ -1,0 +1,32 @@
+//! Selective forwarding of WebRTC media for medrelay.
+//!
+//! The crate has two layers, as quinn-proto has under quinn:
+//!
+//! - [`Router`] is the **sans-IO core**. It owns every participant's peer connections (the
+//!   `rtc` crate's sans-IO `RTCPeerConnection`), decides which subscriber receives which
+//!   packet, rewrites headers per subscriber ([`rewrite`]), relays keyframe requests and
+//!   drives renegotiation. It never touches a socket or reads a clock: callers feed it
+//!   datagrams, signaling commands and the current time, and drain what it wants to send.
+//! - [`shell`] is the **tokio shell**: one UDP socket shared by every peer (ICE-lite,
+//!   demultiplexed by ICE username and then by address, see [`demux`]), a command channel
+//!   from signaling, and a timer for the core's next deadline.
+//!
+//! Vocabulary: a [`Participant`](ParticipantInfo) joins a room and has two peer connections:
+//! the *publisher* connection (the client offers, it carries what the participant sends) and
+//! the *subscriber* connection (the router offers, it carries what the participant receives
+//! and the room's `chat` data channel). A published [`Track`](TrackInfo) is forwarded to each
+//! other participant of the room through one *subscription* (mediasoup's consumer).
+
+pub mod demux;
+mod error;
+mod participant;
+mod peer;
+pub mod rewrite;
+mod router;
+pub mod shell;
+mod track;
+
+pub use error::SfuError;
+pub use participant::{ParticipantId, ParticipantInfo};
+pub use router::{Datagram, PublishAnswer, Router, RouterConfig, RouterEvent, RouterStats};
+pub use track::{TrackInfo, TrackKind, TrackSource};

@@ -1,0 +1,60 @@
+//! Building the router's peer connections: ICE-lite on the shared socket, DTLS server,
+//! default codecs (Opus, VP8, VP9, H.264, AV1) and the default interceptors (NACK generator
+//! and responder with its packet cache, RTCP reports, TWCC feedback).
+
+use crate::SfuError;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::rand::{generate_pwd, generate_ufrag};
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// A new peer connection and the local ICE ufrag that routes datagrams to it.
+pub(crate) struct NewPeer {
+    pub(crate) pc: RTCPeerConnection,
+    pub(crate) ufrag: String,
+}
+
+/// Builds an ICE-lite peer connection whose only candidate is `media_addr`.
+pub(crate) fn build(now: Instant, media_addr: SocketAddr) -> Result<NewPeer, SfuError> {
+    let ufrag = generate_ufrag();
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs()?;
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    let setting_engine = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.clone(), generate_pwd())
+        // The browser is the DTLS client and starts the handshake once ICE connects.
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_include_loopback_candidate(true)
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_setting_engine(setting_engine)
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .build(now)?;
+
+    let host = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: media_addr.ip().to_string(),
+            port: media_addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)?;
+    // End of gathering: the shared socket is the only candidate there will ever be.
+    pc.add_local_candidate(RTCIceCandidateInit::default())?;
+    Ok(NewPeer { pc, ufrag })
+}

@@ -1,0 +1,265 @@
+//! Per-subscriber RTP header rewriting: SSRC, payload type, sequence numbers, timestamps and
+//! header-extension ids.
+//!
+//! A subscriber sees one continuous stream per forwarded track even when the source behind it
+//! changes (a publisher restarts its encoder, or later a simulcast layer switch): sequence
+//! numbers go on from the last one sent, and timestamps advance by the wall-clock time that
+//! passed. Everything here is plain arithmetic on values passed in, so it is tested without
+//! sockets or clocks.
+
+use std::time::Instant;
+
+/// Header-extension URI of transport-wide congestion control sequence numbers. Its values
+/// are per transport, so the publisher's never make sense on a subscriber's transport.
+pub const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// Extensions never forwarded: their values name the publisher's transport (`transport-cc`)
+/// or the publisher's m-line and layers (`mid`, `rid`), which would misroute the packet in
+/// the subscriber's connection. The subscriber demultiplexes by the signalled SSRC instead.
+const NOT_FORWARDED: [&str; 4] = [
+    TRANSPORT_CC_URI,
+    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+];
+
+/// Maps publisher header-extension ids (1..=14, one-byte form) to a subscriber's ids.
+///
+/// Built from the two negotiated `(id, uri)` lists: an extension the subscriber did not
+/// negotiate, or one that must not cross transports, maps to `None` and is dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtensionMap {
+    to_subscriber: [Option<u8>; 16],
+}
+
+impl ExtensionMap {
+    /// Builds the map from the publisher's and the subscriber's `(id, uri)` pairs.
+    pub fn new<'a>(
+        publisher: impl IntoIterator<Item = (u8, &'a str)>,
+        subscriber: impl IntoIterator<Item = (u8, &'a str)> + Clone,
+    ) -> Self {
+        let mut to_subscriber = [None; 16];
+        for (pub_id, uri) in publisher {
+            if NOT_FORWARDED.contains(&uri) || pub_id as usize >= to_subscriber.len() {
+                continue;
+            }
+            to_subscriber[pub_id as usize] = subscriber
+                .clone()
+                .into_iter()
+                .find(|(_, sub_uri)| *sub_uri == uri)
+                .map(|(id, _)| id);
+        }
+        Self { to_subscriber }
+    }
+
+    /// The subscriber's id for a publisher's extension id, or `None` to drop it.
+    pub fn map(&self, publisher_id: u8) -> Option<u8> {
+        self.to_subscriber
+            .get(publisher_id as usize)
+            .copied()
+            .flatten()
+    }
+}
+
+/// Where a forwarded stream stands: the mapping from the current source's sequence numbers
+/// and timestamps to the ones the subscriber sees.
+#[derive(Debug, Clone)]
+pub struct SequenceRewriter {
+    clock_rate: u32,
+    /// Set once the first packet of the current source has been mapped.
+    base: Option<Base>,
+    /// The last packet handed to the subscriber (highest sequence number sent).
+    last_out: Option<Sent>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Base {
+    seq_offset: u16,
+    ts_offset: u32,
+    /// Highest incoming sequence number seen from this source, to tell old from new.
+    highest_in: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    seq: u16,
+    ts: u32,
+    at: Instant,
+}
+
+/// The rewritten sequence number and timestamp of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritten {
+    /// Sequence number for the subscriber.
+    pub seq: u16,
+    /// RTP timestamp for the subscriber.
+    pub ts: u32,
+}
+
+/// How far back (in sequence numbers) a packet may be and still be forwarded; older ones are
+/// from before the current source began and are dropped.
+const MAX_REORDER: u16 = 1000;
+
+impl SequenceRewriter {
+    /// A rewriter for a stream sampled at `clock_rate` Hz, starting at random-looking values
+    /// chosen by the caller (`initial_seq`, `initial_ts`) as RFC 3550 asks.
+    pub fn new(clock_rate: u32, initial_seq: u16, initial_ts: u32, now: Instant) -> Self {
+        Self {
+            clock_rate,
+            base: None,
+            last_out: Some(Sent {
+                seq: initial_seq.wrapping_sub(1),
+                ts: initial_ts,
+                at: now,
+            }),
+        }
+    }
+
+    /// Forgets the current source: the next packet starts a new mapping that continues the
+    /// subscriber's numbering (call on a source change, e.g. a layer switch or a new SSRC).
+    pub fn reset_source(&mut self) {
+        self.base = None;
+    }
+
+    /// Maps one incoming packet, or returns `None` when it is too old for the current source.
+    pub fn rewrite(&mut self, in_seq: u16, in_ts: u32, now: Instant) -> Option<Rewritten> {
+        let base = match self.base {
+            Some(mut base) => {
+                let ahead = in_seq.wrapping_sub(base.highest_in);
+                if ahead != 0 && ahead < 0x8000 {
+                    base.highest_in = in_seq;
+                } else if base.highest_in.wrapping_sub(in_seq) > MAX_REORDER {
+                    return None;
+                }
+                self.base = Some(base);
+                base
+            }
+            None => {
+                let base = self.start_source(in_seq, in_ts, now);
+                self.base = Some(base);
+                base
+            }
+        };
+        let out = Rewritten {
+            seq: in_seq.wrapping_add(base.seq_offset),
+            ts: in_ts.wrapping_add(base.ts_offset),
+        };
+        let newer = self
+            .last_out
+            .is_none_or(|last| out.seq.wrapping_sub(last.seq) < 0x8000 && out.seq != last.seq);
+        if newer {
+            self.last_out = Some(Sent {
+                seq: out.seq,
+                ts: out.ts,
+                at: now,
+            });
+        }
+        Some(out)
+    }
+
+    /// Chooses offsets so that the first packet of a source follows the last one sent: the
+    /// next sequence number, and a timestamp advanced by the time that passed (at least 1).
+    fn start_source(&self, in_seq: u16, in_ts: u32, now: Instant) -> Base {
+        let (next_seq, next_ts) = match self.last_out {
+            Some(last) => {
+                let elapsed = now.saturating_duration_since(last.at);
+                let ticks = (elapsed.as_micros() as u64 * self.clock_rate as u64 / 1_000_000)
+                    .clamp(1, u32::MAX as u64) as u32;
+                (last.seq.wrapping_add(1), last.ts.wrapping_add(ticks))
+            }
+            None => (in_seq, in_ts),
+        };
+        Base {
+            seq_offset: next_seq.wrapping_sub(in_seq),
+            ts_offset: next_ts.wrapping_sub(in_ts),
+            highest_in: in_seq,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn first_packet_starts_at_the_chosen_initial_values() {
+        let t0 = Instant::now();
+        let mut rw = SequenceRewriter::new(90_000, 500, 1_000, t0);
+        let out = rw.rewrite(40_000, 7_777, t0).unwrap();
+        assert_eq!(out.seq, 500);
+        // 0 ms elapsed is advanced by the minimum of one tick.
+        assert_eq!(out.ts, 1_001);
+        let out = rw.rewrite(40_001, 7_777 + 3000, t0).unwrap();
+        assert_eq!(out, Rewritten { seq: 501, ts: 4_001 });
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around_continuously() {
+        let t0 = Instant::now();
+        let mut rw = SequenceRewriter::new(48_000, 65_534, 0, t0);
+        let seqs: Vec<u16> = (0..4u16)
+            .map(|i| rw.rewrite(100 + i, 960 * i as u32, t0).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, vec![65_534, 65_535, 0, 1]);
+    }
+
+    #[test]
+    fn reordered_and_retransmitted_packets_keep_their_mapping() {
+        let t0 = Instant::now();
+        let mut rw = SequenceRewriter::new(90_000, 10, 0, t0);
+        let a = rw.rewrite(1000, 0, t0).unwrap();
+        let c = rw.rewrite(1002, 6000, t0).unwrap();
+        let b = rw.rewrite(1001, 3000, t0).unwrap();
+        assert_eq!((a.seq, b.seq, c.seq), (10, 11, 12));
+        // A retransmission of 1001 maps to the same number again.
+        assert_eq!(rw.rewrite(1001, 3000, t0).unwrap(), b);
+    }
+
+    #[test]
+    fn source_change_continues_numbering_and_advances_time() {
+        let t0 = Instant::now();
+        let mut rw = SequenceRewriter::new(90_000, 0, 0, t0);
+        for i in 0..10u16 {
+            rw.rewrite(5000 + i, 3000 * i as u32, t0).unwrap();
+        }
+        rw.reset_source();
+        let t1 = t0 + Duration::from_millis(100);
+        let out = rw.rewrite(12, 999_999, t1).unwrap();
+        assert_eq!(out.seq, 10, "continues after the last sequence number sent");
+        // last ts sent was 27_001 (1 tick of initial advance + 9 frames); 100 ms at 90 kHz = 9000.
+        assert_eq!(out.ts, 27_001 + 9_000);
+        assert_eq!(rw.rewrite(13, 999_999 + 3000, t1).unwrap().seq, 11);
+    }
+
+    #[test]
+    fn packets_from_far_before_the_current_source_are_dropped() {
+        let t0 = Instant::now();
+        let mut rw = SequenceRewriter::new(90_000, 0, 0, t0);
+        rw.rewrite(30_000, 0, t0).unwrap();
+        assert!(rw.rewrite(30_000 - 2_000, 0, t0).is_none());
+        assert!(rw.rewrite(30_000 - 5, 0, t0).is_some());
+    }
+
+    #[test]
+    fn extension_map_translates_by_uri_and_drops_transport_specific_ones() {
+        let publisher = [
+            (1u8, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+            (3u8, TRANSPORT_CC_URI),
+            (4u8, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+            (9u8, "urn:example:not-negotiated"),
+        ];
+        let subscriber = [
+            (5u8, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+            (2u8, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+            (7u8, TRANSPORT_CC_URI),
+        ];
+        let map = ExtensionMap::new(publisher, subscriber);
+        assert_eq!(map.map(1), None, "mid names the publisher's m-line");
+        assert_eq!(map.map(3), None);
+        assert_eq!(map.map(4), Some(5));
+        assert_eq!(map.map(9), None);
+        assert_eq!(map.map(15), None);
+    }
+}

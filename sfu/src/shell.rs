@@ -1,0 +1,255 @@
+//! The tokio shell around [`Router`]: one UDP socket, a command channel, a timer.
+//!
+//! The shell only moves bytes: it reads datagrams and commands, feeds them to the router with
+//! the current time, sends what the router wants sent, passes the router's events on, and
+//! sleeps until the router's next deadline. Every decision is the router's.
+
+use crate::{
+    Datagram, ParticipantId, ParticipantInfo, PublishAnswer, Router, RouterConfig, RouterEvent,
+    RouterStats, SfuError, TrackSource,
+};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// Largest datagram read from the socket.
+const MAX_DATAGRAM: usize = 2048;
+/// Commands waiting for the media loop; senders wait when it is full.
+const COMMAND_QUEUE: usize = 1024;
+/// Datagrams read in one go before outputs are flushed.
+const READ_BATCH: usize = 64;
+
+/// A command from signaling to the media loop.
+enum Command {
+    Join(ParticipantInfo, oneshot::Sender<Result<(), SfuError>>),
+    PublishOffer {
+        id: ParticipantId,
+        sdp: String,
+        sources: Vec<(String, TrackSource)>,
+        reply: oneshot::Sender<Result<PublishAnswer, SfuError>>,
+    },
+    SubscribeAnswer {
+        id: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Leave(ParticipantId),
+    BroadcastChat {
+        from: ParticipantId,
+        payload: String,
+    },
+}
+
+/// A snapshot of the router's gauges and counters, refreshed by the media loop.
+#[derive(Debug, Clone, Default)]
+pub struct MediaStats {
+    /// Participants with peer connections.
+    pub participants: usize,
+    /// Published tracks.
+    pub tracks: usize,
+    /// Forwarded (track, subscriber) pairs.
+    pub subscriptions: usize,
+    /// Counters.
+    pub router: RouterStats,
+}
+
+/// Signaling's handle to the media loop. Cheap to clone.
+#[derive(Clone)]
+pub struct SfuHandle {
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Mutex<MediaStats>>,
+    media_addr: SocketAddr,
+}
+
+/// The media loop stopped; nothing can be forwarded any more.
+#[derive(Debug, thiserror::Error)]
+#[error("the media loop has stopped")]
+pub struct MediaLoopGone;
+
+impl SfuHandle {
+    /// The shared UDP socket's address.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.media_addr
+    }
+
+    /// The latest statistics snapshot.
+    pub fn stats(&self) -> MediaStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
+    ) -> Result<Result<T, SfuError>, MediaLoopGone> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| MediaLoopGone)?;
+        rx.await.map_err(|_| MediaLoopGone)
+    }
+
+    /// See [`Router::join`].
+    pub async fn join(&self, info: ParticipantInfo) -> Result<Result<(), SfuError>, MediaLoopGone> {
+        self.call(|reply| Command::Join(info, reply)).await
+    }
+
+    /// See [`Router::publish_offer`].
+    pub async fn publish_offer(
+        &self,
+        id: ParticipantId,
+        sdp: String,
+        sources: Vec<(String, TrackSource)>,
+    ) -> Result<Result<PublishAnswer, SfuError>, MediaLoopGone> {
+        self.call(|reply| Command::PublishOffer {
+            id,
+            sdp,
+            sources,
+            reply,
+        })
+        .await
+    }
+
+    /// See [`Router::subscribe_answer`].
+    pub async fn subscribe_answer(
+        &self,
+        id: ParticipantId,
+        sdp: String,
+    ) -> Result<Result<(), SfuError>, MediaLoopGone> {
+        self.call(|reply| Command::SubscribeAnswer { id, sdp, reply })
+            .await
+    }
+
+    /// See [`Router::leave`].
+    pub async fn leave(&self, id: ParticipantId) {
+        let _ = self.commands.send(Command::Leave(id)).await;
+    }
+
+    /// See [`Router::broadcast_chat`].
+    pub async fn broadcast_chat(&self, from: ParticipantId, payload: String) {
+        let _ = self
+            .commands
+            .send(Command::BroadcastChat { from, payload })
+            .await;
+    }
+}
+
+/// Binds the media socket and spawns the media loop.
+///
+/// Returns the handle for signaling and the stream of router events. Events are control
+/// plane (offers, chat, failures): a handful per participant action, so their channel is
+/// unbounded; the media path never waits on signaling.
+pub async fn spawn(
+    bind: SocketAddr,
+    announce: Option<std::net::IpAddr>,
+) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<RouterEvent>)> {
+    let socket = UdpSocket::bind(bind).await?;
+    let local = socket.local_addr()?;
+    let media_addr = SocketAddr::new(announce.unwrap_or(local.ip()), local.port());
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(Mutex::new(MediaStats::default()));
+    let router = Router::new(RouterConfig::new(media_addr));
+    info!(%local, announced = %media_addr, "media socket bound");
+    tokio::spawn(run(router, socket, local, command_rx, event_tx, stats.clone()));
+    Ok((
+        SfuHandle {
+            commands,
+            stats,
+            media_addr,
+        },
+        event_rx,
+    ))
+}
+
+async fn run(
+    mut router: Router,
+    socket: UdpSocket,
+    local: SocketAddr,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<RouterEvent>,
+    stats: Arc<Mutex<MediaStats>>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut last_stats = Instant::now();
+    loop {
+        while let Some(d) = router.poll_transmit() {
+            if let Err(e) = socket.send_to(&d.data, d.remote).await {
+                debug!(remote = %d.remote, error = %e, "send failed");
+            }
+        }
+        while let Some(event) = router.poll_event() {
+            if events.send(event).is_err() {
+                warn!("signaling stopped listening; media loop ends");
+                return;
+            }
+        }
+        let now = Instant::now();
+        if now.duration_since(last_stats) >= Duration::from_millis(250) {
+            last_stats = now;
+            *stats.lock().expect("stats lock") = MediaStats {
+                participants: router.participant_count(),
+                tracks: router.track_count(),
+                subscriptions: router.subscription_count(),
+                router: router.stats().clone(),
+            };
+        }
+        let deadline = router
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_millis(250))
+            .min(now + Duration::from_millis(250));
+
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => apply(&mut router, command),
+                None => return,
+            },
+            received = socket.recv_from(&mut buf) => {
+                let mut next = Some(received);
+                let mut batch = 0;
+                while let Some(result) = next.take() {
+                    match result {
+                        Ok((n, remote)) => router.handle_datagram(Instant::now(), Datagram {
+                            local,
+                            remote,
+                            data: BytesMut::from(&buf[..n]),
+                        }),
+                        Err(e) => debug!(error = %e, "receive failed"),
+                    }
+                    batch += 1;
+                    if batch < READ_BATCH {
+                        next = match socket.try_recv_from(&mut buf) {
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                            other => Some(other),
+                        };
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        router.handle_timeout(Instant::now());
+    }
+}
+
+fn apply(router: &mut Router, command: Command) {
+    let now = Instant::now();
+    match command {
+        Command::Join(info, reply) => {
+            let _ = reply.send(router.join(now, info));
+        }
+        Command::PublishOffer {
+            id,
+            sdp,
+            sources,
+            reply,
+        } => {
+            let _ = reply.send(router.publish_offer(now, id, sdp, sources));
+        }
+        Command::SubscribeAnswer { id, sdp, reply } => {
+            let _ = reply.send(router.subscribe_answer(now, id, sdp));
+        }
+        Command::Leave(id) => router.leave(now, id),
+        Command::BroadcastChat { from, payload } => router.broadcast_chat(now, from, &payload),
+    }
+}

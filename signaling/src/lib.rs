@@ -1,0 +1,165 @@
+//! Signaling for medrelay: the WebSocket protocol (`docs/signaling.md`), join tokens and
+//! roles, the room registry, the administrative REST API with its OpenAPI description,
+//! `/metrics` and `/healthz`.
+//!
+//! Signaling talks to the media loop only through [`sfu::shell::SfuHandle`] (join, publish
+//! offer, subscribe answer, leave, chat) and the router's events, which [`dispatch`] routes
+//! to the participants' sessions.
+
+pub mod api;
+mod limiter;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+mod session;
+pub mod token;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use protocol::{ErrorCode, LeaveReason, ProtocolError, RemoteTrack, ServerMessage};
+use registry::{Registry, SessionSignal};
+use serde::{Deserialize, Serialize};
+use sfu::RouterEvent;
+use sfu::shell::SfuHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use utoipa::OpenApi;
+
+pub use limiter::JoinLimiter;
+
+/// Everything the HTTP and WebSocket handlers share.
+pub struct AppState {
+    /// Token signing keys.
+    pub keys: token::TokenKeys,
+    /// The REST API key.
+    pub api_key: String,
+    /// Rooms and participants.
+    pub registry: Arc<Registry>,
+    /// The media loop.
+    pub sfu: SfuHandle,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// Join rate limit per client address.
+    pub join_limiter: JoinLimiter,
+}
+
+impl AppState {
+    /// State for a server with these keys and media loop.
+    pub fn new(keys: token::TokenKeys, api_key: String, sfu: SfuHandle) -> Arc<Self> {
+        let registry = Arc::new(Registry::default());
+        Arc::new(Self {
+            keys,
+            api_key,
+            metrics: metrics::Metrics::new(registry.clone(), sfu.clone()),
+            registry,
+            sfu,
+            join_limiter: JoinLimiter::default(),
+        })
+    }
+}
+
+/// The signaling routes: `/ws`, `/api/…`, `/openapi.json`, `/metrics`, `/healthz`.
+/// Serve with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws", get(websocket))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(|| async { axum::Json(api::ApiDoc::openapi()) }))
+        .merge(api::routes(state.clone()))
+        .with_state(state)
+}
+
+async fn websocket(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> impl IntoResponse {
+    // Frames up to 1 MiB are read so that anything over the protocol's 64 KiB limit gets a
+    // typed `message_too_large` error rather than a bare protocol failure.
+    ws.max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .on_upgrade(move |socket| session::run(socket, state, peer.ip()))
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+#[derive(Deserialize)]
+struct ChatIn {
+    text: String,
+}
+
+#[derive(Serialize)]
+struct ChatOut<'a> {
+    from: sfu::ParticipantId,
+    identity: &'a str,
+    text: &'a str,
+    ts: u64,
+}
+
+/// Routes the media router's events to sessions until the router stops.
+pub async fn dispatch(state: Arc<AppState>, mut events: mpsc::UnboundedReceiver<RouterEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            RouterEvent::SubscribeOffer {
+                participant,
+                sdp,
+                tracks,
+            } => {
+                let tracks = tracks
+                    .into_iter()
+                    .map(|track| {
+                        let prefix = format!("{}-", track.participant_id);
+                        let own_id = track.track_id.strip_prefix(&prefix).unwrap_or(&track.track_id);
+                        RemoteTrack {
+                            muted: state.registry.is_muted(track.participant_id, own_id),
+                            track,
+                        }
+                    })
+                    .collect();
+                state.registry.send(
+                    participant,
+                    SessionSignal::Send(ServerMessage::SubscribeOffer { sdp, tracks }),
+                );
+            }
+            RouterEvent::Chat { from, text } => {
+                let (Ok(chat), Some(identity)) = (
+                    serde_json::from_str::<ChatIn>(&text),
+                    state.registry.identity(from),
+                ) else {
+                    continue;
+                };
+                let out = ChatOut {
+                    from,
+                    identity: &identity,
+                    text: &chat.text,
+                    ts: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64,
+                };
+                let payload = serde_json::to_string(&out).expect("chat serializes");
+                state.sfu.broadcast_chat(from, payload).await;
+            }
+            RouterEvent::TransportFailed { participant } => {
+                state.registry.send(
+                    participant,
+                    SessionSignal::Close(
+                        ProtocolError::new(ErrorCode::Internal, "the media connection failed"),
+                        LeaveReason::Disconnected,
+                    ),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Prometheus metrics: signaling counters plus the media loop's and registry's snapshot,
+//! read at scrape time.
+
+use crate::registry::Registry as Rooms;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use sfu::shell::SfuHandle;
+use std::sync::Arc;
+
+/// Signaling's own counters and the registry they are exposed from.
+pub struct Metrics {
+    registry: Registry,
+    /// Accepted joins.
+    pub joins: IntCounter,
+    /// Client messages handled.
+    pub ws_messages: IntCounter,
+    /// Protocol errors sent, by code.
+    pub ws_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric, including a collector that snapshots rooms and media.
+    pub fn new(rooms: Arc<Rooms>, sfu: SfuHandle) -> Self {
+        let registry = Registry::new_custom(Some("medrelay".into()), None).expect("valid prefix");
+        let joins = IntCounter::new("joins_total", "Participants admitted to a room").expect("metric");
+        let ws_messages =
+            IntCounter::new("ws_messages_total", "Signaling messages received").expect("metric");
+        let ws_errors = IntCounterVec::new(
+            Opts::new("ws_errors_total", "Signaling errors sent to clients, by code"),
+            &["code"],
+        )
+        .expect("metric");
+        registry.register(Box::new(joins.clone())).expect("register");
+        registry.register(Box::new(ws_messages.clone())).expect("register");
+        registry.register(Box::new(ws_errors.clone())).expect("register");
+        registry
+            .register(Box::new(Snapshot { rooms, sfu }))
+            .expect("register");
+        Self {
+            registry,
+            joins,
+            ws_messages,
+            ws_errors,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("utf-8 exposition")
+    }
+}
+
+/// Reads rooms and media statistics when scraped.
+struct Snapshot {
+    rooms: Arc<Rooms>,
+    sfu: SfuHandle,
+}
+
+fn gauge(name: &str, help: &str, value: u64) -> Vec<MetricFamily> {
+    let g = IntGauge::new(name, help).expect("metric");
+    g.set(value as i64);
+    g.collect()
+}
+
+fn counter(name: &str, help: &str, value: u64) -> Vec<MetricFamily> {
+    let c = IntCounter::new(name, help).expect("metric");
+    c.inc_by(value);
+    c.collect()
+}
+
+impl Collector for Snapshot {
+    fn desc(&self) -> Vec<&Desc> {
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (rooms, participants) = self.rooms.counts();
+        let media = self.sfu.stats();
+        let r = &media.router;
+        [
+            gauge("rooms", "Open rooms", rooms as u64),
+            gauge("participants", "Participants in rooms", participants as u64),
+            gauge("tracks", "Published tracks", media.tracks as u64),
+            gauge("subscriptions", "Forwarded track-subscriber pairs", media.subscriptions as u64),
+            counter("forwarded_packets_total", "RTP packets forwarded", r.forwarded_packets),
+            counter("forwarded_bytes_total", "RTP payload bytes forwarded", r.forwarded_bytes),
+            counter("dropped_packets_total", "RTP packets not forwarded to a subscriber", r.dropped_packets),
+            counter("nacks_received_total", "NACK feedback from subscribers", r.nacks_received),
+            counter("keyframe_requests_received_total", "PLI/FIR from subscribers", r.keyframe_requests_received),
+            counter("plis_sent_total", "PLIs sent to publishers", r.plis_sent),
+            counter("unroutable_datagrams_total", "Datagrams matching no peer connection", r.unroutable_datagrams),
+            counter("dropped_chat_messages_total", "Chat messages refused", r.dropped_chat_messages),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}

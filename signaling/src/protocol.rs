@@ -1,0 +1,367 @@
+//! The WebSocket signaling protocol's messages, as described in `docs/signaling.md`.
+
+use serde::{Deserialize, Serialize};
+use sfu::{ParticipantId, TrackInfo, TrackSource};
+
+/// Largest text frame accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest SDP accepted, in bytes.
+pub const MAX_SDP_BYTES: usize = 32 * 1024;
+
+/// A message from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Authenticate and enter a room.
+    Join {
+        /// The signed join token.
+        token: String,
+        /// The room the client means to join.
+        room: String,
+    },
+    /// Offer of the publisher connection.
+    PublishOffer {
+        /// The SDP.
+        sdp: String,
+        /// The source of each published track.
+        #[serde(default)]
+        tracks: Vec<PublishedTrack>,
+    },
+    /// Answer to the last subscribe offer.
+    SubscribeAnswer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// A published track was muted or unmuted.
+    SetMuted {
+        /// `MediaStreamTrack.id` of the published track.
+        track_id: String,
+        /// Whether it is muted now.
+        muted: bool,
+    },
+    /// Leave the room.
+    Leave {},
+}
+
+/// One published track's declared source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PublishedTrack {
+    /// `MediaStreamTrack.id`.
+    pub track_id: String,
+    /// Camera, microphone or screen.
+    pub source: TrackSource,
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ParticipantView {
+    /// The participant id (`p` + hex).
+    #[schema(value_type = String)]
+    pub id: ParticipantId,
+    /// Display name from the token.
+    pub identity: String,
+    /// Role from the token.
+    pub role: String,
+}
+
+/// A track in a subscribe offer, with its current mute state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteTrack {
+    /// The track as the router forwards it.
+    #[serde(flatten)]
+    pub track: TrackInfo,
+    /// Whether the publisher has muted it.
+    pub muted: bool,
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It sent `leave`.
+    Left,
+    /// Its socket closed, went silent, or its media transport failed.
+    Disconnected,
+    /// An administrator removed it.
+    Removed,
+    /// The room was closed.
+    RoomClosed,
+}
+
+/// A message to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The join was accepted.
+    Joined {
+        /// The joining participant itself.
+        participant: ParticipantView,
+        /// The room.
+        room: String,
+        /// The others already in the room.
+        participants: Vec<ParticipantView>,
+    },
+    /// Someone joined.
+    ParticipantJoined {
+        /// Who.
+        participant: ParticipantView,
+    },
+    /// Someone left.
+    ParticipantLeft {
+        /// Who.
+        participant_id: ParticipantId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A subscriber-connection offer.
+    SubscribeOffer {
+        /// The SDP.
+        sdp: String,
+        /// Every track the offer carries.
+        tracks: Vec<RemoteTrack>,
+    },
+    /// The answer to a publish offer.
+    PublishAnswer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// A remote track was muted or unmuted.
+    TrackMuted {
+        /// The publisher.
+        participant_id: ParticipantId,
+        /// The track id as in the subscriber connection.
+        track_id: String,
+        /// Whether it is muted.
+        muted: bool,
+    },
+    /// A typed error.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation, free of patient data.
+        message: String,
+    },
+}
+
+/// Every error code of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a known message shape.
+    InvalidJson,
+    /// Unknown `type`.
+    UnknownType,
+    /// A frame over [`MAX_MESSAGE_BYTES`].
+    MessageTooLarge,
+    /// Anything but `join` first, or no `join` in time.
+    NotJoined,
+    /// A second `join`.
+    AlreadyJoined,
+    /// Malformed token or wrong signature.
+    BadToken,
+    /// Token past its expiry.
+    TokenExpired,
+    /// Token for another room.
+    WrongRoom,
+    /// The room was closed.
+    RoomClosed,
+    /// The room is at its participant limit.
+    RoomFull,
+    /// The role may not do this.
+    Forbidden,
+    /// SDP that could not be parsed or applied.
+    InvalidSdp,
+    /// SDP over [`MAX_SDP_BYTES`].
+    SdpTooLarge,
+    /// Too many joins or messages.
+    RateLimited,
+    /// Removed by an administrator.
+    Removed,
+    /// A server failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether the server closes the socket after this error.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::MessageTooLarge
+                | ErrorCode::NotJoined
+                | ErrorCode::BadToken
+                | ErrorCode::TokenExpired
+                | ErrorCode::WrongRoom
+                | ErrorCode::RoomClosed
+                | ErrorCode::RoomFull
+                | ErrorCode::RateLimited
+                | ErrorCode::Removed
+        )
+    }
+
+    /// The code's wire name (for metrics labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::WrongRoom => "wrong_room",
+            ErrorCode::RoomClosed => "room_closed",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidSdp => "invalid_sdp",
+            ErrorCode::SdpTooLarge => "sdp_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Removed => "removed",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A protocol error: a code and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ProtocolError {
+    /// The code.
+    pub code: ErrorCode,
+    /// The explanation.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// A new error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ProtocolError> for ServerMessage {
+    fn from(e: ProtocolError) -> Self {
+        ServerMessage::Error {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+const KNOWN_TYPES: [&str; 5] = [
+    "join",
+    "publish_offer",
+    "subscribe_answer",
+    "set_muted",
+    "leave",
+];
+
+/// Parses one text frame into a message, or the typed error for it.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(ProtocolError::new(
+            ErrorCode::MessageTooLarge,
+            format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, format!("not JSON: {e}")))?;
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_owned) else {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidJson,
+            "a message is a JSON object with a string field `type`",
+        ));
+    };
+    if !KNOWN_TYPES.contains(&kind.as_str()) {
+        return Err(ProtocolError::new(
+            ErrorCode::UnknownType,
+            format!("unknown message type {:?}", truncate(&kind, 40)),
+        ));
+    }
+    let message: ClientMessage = serde_json::from_value(value).map_err(|e| {
+        ProtocolError::new(ErrorCode::InvalidJson, format!("bad `{kind}` message: {e}"))
+    })?;
+    match &message {
+        ClientMessage::PublishOffer { sdp, .. } | ClientMessage::SubscribeAnswer { sdp }
+            if sdp.len() > MAX_SDP_BYTES =>
+        {
+            Err(ProtocolError::new(
+                ErrorCode::SdpTooLarge,
+                format!("SDP is limited to {MAX_SDP_BYTES} bytes"),
+            ))
+        }
+        _ => Ok(message),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_client_message(text).unwrap_err().code
+    }
+
+    #[test]
+    fn known_messages_parse() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"join","token":"t","room":"r"}"#).unwrap(),
+            ClientMessage::Join {
+                token: "t".into(),
+                room: "r".into()
+            }
+        );
+        let offer = parse_client_message(
+            r#"{"type":"publish_offer","sdp":"v=0","tracks":[{"track_id":"a","source":"screen"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(offer, ClientMessage::PublishOffer { tracks, .. } if tracks[0].source == TrackSource::Screen));
+        assert_eq!(parse_client_message(r#"{"type":"leave"}"#).unwrap(), ClientMessage::Leave {});
+    }
+
+    #[test]
+    fn bad_input_gets_the_right_code() {
+        assert_eq!(code("{not json"), ErrorCode::InvalidJson);
+        assert_eq!(code("[1,2]"), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"type":42}"#), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"join","token":5,"room":"r"}"#), ErrorCode::InvalidJson);
+        assert_eq!(
+            code(r#"{"type":"publish_offer","sdp":"v=0","tracks":[{"track_id":"a","source":"radio"}]}"#),
+            ErrorCode::InvalidJson
+        );
+        let big_sdp = format!(r#"{{"type":"subscribe_answer","sdp":"{}"}}"#, "a".repeat(MAX_SDP_BYTES + 1));
+        assert_eq!(code(&big_sdp), ErrorCode::SdpTooLarge);
+        let huge = format!(r#"{{"type":"leave","x":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        assert_eq!(code(&huge), ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn server_messages_serialize_as_documented() {
+        let m = ServerMessage::Error {
+            code: ErrorCode::WrongRoom,
+            message: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"error","code":"wrong_room","message":"x"}"#
+        );
+        let left = ServerMessage::ParticipantLeft {
+            participant_id: ParticipantId(0xab),
+            reason: LeaveReason::RoomClosed,
+        };
+        assert_eq!(
+            serde_json::to_string(&left).unwrap(),
+            r#"{"type":"participant_left","participant_id":"pab","reason":"room_closed"}"#
+        );
+    }
+}

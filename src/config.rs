@@ -1,0 +1,198 @@
+//! The server's configuration: one typed struct from a TOML file, environment variables
+//! (`MEDRELAY_…`) and flags, in rising precedence, over embedded defaults.
+
+use clap::Args;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// Flags (and their environment variables) of `medrelay serve`.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (flag names with `_`).
+    #[arg(long, env = "MEDRELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP(S) and WebSocket address [default: 127.0.0.1:8080].
+    #[arg(long, env = "MEDRELAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// UDP port shared by every WebRTC peer [default: 50000].
+    #[arg(long, env = "MEDRELAY_MEDIA_PORT")]
+    pub media_port: Option<u16>,
+    /// Address announced in ICE candidates when it differs from the bound one (NAT).
+    #[arg(long, env = "MEDRELAY_ANNOUNCE_IP")]
+    pub announce_ip: Option<IpAddr>,
+    /// Directory for keys and, later, recordings [default: ./medrelay-data].
+    #[arg(long, env = "MEDRELAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS.
+    #[arg(long, env = "MEDRELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "MEDRELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate generated at start (for trials only).
+    #[arg(long, env = "MEDRELAY_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+    /// Allow plain HTTP on a non-loopback address.
+    #[arg(long, env = "MEDRELAY_INSECURE")]
+    pub insecure: bool,
+    /// REST API key [default: generated into DATA_DIR/api.key].
+    #[arg(long, env = "MEDRELAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// The same settings as read from the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    media_port: Option<u16>,
+    announce_ip: Option<IpAddr>,
+    data_dir: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_self_signed: Option<bool>,
+    insecure: Option<bool>,
+    api_key: Option<String>,
+}
+
+/// How HTTPS is provided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain HTTP.
+    Off,
+    /// Certificate and key files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A certificate generated at start.
+    SelfSigned,
+}
+
+/// The resolved configuration of `medrelay serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub media_port: u16,
+    pub announce_ip: Option<IpAddr>,
+    pub data_dir: PathBuf,
+    pub tls: Tls,
+    pub api_key: Option<String>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error(
+        "refusing to serve plain HTTP on {0}, which is not a loopback address: \
+         configure --tls-cert/--tls-key or --tls-self-signed, or pass --insecure"
+    )]
+    PlainHttpOutsideLoopback(SocketAddr),
+    #[error("give either --tls-cert/--tls-key or --tls-self-signed, not both")]
+    TwoTlsSources,
+}
+
+impl ServeArgs {
+    /// Merges file, environment and flags over the defaults and checks the result.
+    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let cert = self.tls_cert.or(file.tls_cert);
+        let key = self.tls_key.or(file.tls_key);
+        let self_signed = self.tls_self_signed || file.tls_self_signed.unwrap_or(false);
+        let tls = match (cert, key, self_signed) {
+            (Some(_), _, true) | (_, Some(_), true) => return Err(ConfigError::TwoTlsSources),
+            (Some(cert), Some(key), false) => Tls::Files { cert, key },
+            (_, _, true) => Tls::SelfSigned,
+            _ => Tls::Off,
+        };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let insecure = self.insecure || file.insecure.unwrap_or(false);
+        if tls == Tls::Off && !listen.ip().is_loopback() && !insecure {
+            return Err(ConfigError::PlainHttpOutsideLoopback(listen));
+        }
+        Ok(ServeConfig {
+            listen,
+            media_port: self.media_port.or(file.media_port).unwrap_or(50000),
+            announce_ip: self.announce_ip.or(file.announce_ip),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("medrelay-data")),
+            tls,
+            api_key: self.api_key.or(file.api_key),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bind_loopback_without_tls() {
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.media_port, 50000);
+        assert_eq!(c.tls, Tls::Off);
+    }
+
+    #[test]
+    fn plain_http_elsewhere_than_loopback_is_refused_unless_insecure() {
+        let args = || ServeArgs {
+            listen: Some("0.0.0.0:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            args().resolve(),
+            Err(ConfigError::PlainHttpOutsideLoopback(_))
+        ));
+        assert!(ServeArgs { insecure: true, ..args() }.resolve().is_ok());
+        let tls = ServeArgs { tls_self_signed: true, ..args() }.resolve().unwrap();
+        assert_eq!(tls.tls, Tls::SelfSigned);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("medrelay.toml");
+        std::fs::write(&path, "media_port = 40000\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let c = ServeArgs {
+            config: Some(path.clone()),
+            media_port: Some(41000),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.media_port, 41000);
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let bad = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(matches!(bad.resolve(), Err(ConfigError::Parse { .. })));
+    }
+}

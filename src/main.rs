@@ -1,0 +1,152 @@
+//! `medrelay`: the whole server in one binary (signaling, SFU, pages) and its tools.
+//!
+//! - `medrelay serve` runs everything with embedded defaults;
+//! - `medrelay token` prints a signed join token.
+
+mod config;
+mod pages;
+mod secrets;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::{ServeArgs, Tls};
+use signaling::token::{Role, TokenKeys};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tracing::info;
+
+/// Real-time telemedicine and emergency media backend.
+#[derive(Parser)]
+#[command(name = "medrelay", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run signaling, the SFU and the web pages.
+    Serve(ServeArgs),
+    /// Print a signed join token for a room.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The room the token admits to.
+    #[arg(long)]
+    room: String,
+    /// The participant's display name.
+    #[arg(long)]
+    identity: String,
+    /// specialist, clinic, crew, er or observer.
+    #[arg(long)]
+    role: Role,
+    /// Validity, e.g. 30m, 2h.
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The server's data directory (where its signing key is).
+    #[arg(long, env = "MEDRELAY_DATA_DIR", default_value = "medrelay-data")]
+    data_dir: PathBuf,
+}
+
+/// Length of the token signing key and of a generated API key, in bytes.
+const SIGNING_KEY_BYTES: usize = 32;
+const API_KEY_BYTES: usize = 24;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MEDRELAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let config = args.resolve()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
+        }
+        Command::Token(args) => {
+            let secret = secrets::load_or_create(&args.data_dir, "signing.key", SIGNING_KEY_BYTES)
+                .with_context(|| format!("reading the signing key in {}", args.data_dir.display()))?;
+            let keys = TokenKeys::new(&hex::decode(secret)?);
+            println!(
+                "{}",
+                keys.issue(&args.room, &args.identity, args.role, args.ttl, SystemTime::now())
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
+    let secret = secrets::load_or_create(&config.data_dir, "signing.key", SIGNING_KEY_BYTES)
+        .with_context(|| format!("preparing the data directory {}", config.data_dir.display()))?;
+    let api_key = match config.api_key.clone() {
+        Some(key) => key,
+        None => secrets::load_or_create(&config.data_dir, "api.key", API_KEY_BYTES)?,
+    };
+    let keys = TokenKeys::new(&hex::decode(secret)?);
+
+    let media_bind = SocketAddr::new(config.listen.ip(), config.media_port);
+    let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip)
+        .await
+        .with_context(|| format!("binding the media socket {media_bind}"))?;
+    let state = signaling::AppState::new(keys, api_key, sfu);
+    tokio::spawn(signaling::dispatch(state.clone(), events));
+
+    let app = signaling::routes(state)
+        .merge(pages::routes())
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+
+    let scheme = if config.tls == Tls::Off { "http" } else { "https" };
+    info!(
+        "medrelay serving {scheme}://{} (media udp {}, data {})",
+        config.listen,
+        media_bind,
+        config.data_dir.display()
+    );
+    match &config.tls {
+        Tls::Off => {
+            axum_server::bind(config.listen)
+                .handle(handle)
+                .serve(app)
+                .await?
+        }
+        tls => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rustls_config = match tls {
+                Tls::Files { cert, key } => {
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                        .await
+                        .context("loading the TLS certificate and key")?
+                }
+                _ => {
+                    let names = vec!["localhost".to_owned(), config.listen.ip().to_string()];
+                    let cert = rcgen::generate_simple_self_signed(names)?;
+                    axum_server::tls_rustls::RustlsConfig::from_pem(
+                        cert.cert.pem().into_bytes(),
+                        cert.key_pair.serialize_pem().into_bytes(),
+                    )
+                    .await?
+                }
+            };
+            axum_server::bind_rustls(config.listen, rustls_config)
+                .handle(handle)
+                .serve(app)
+                .await?
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Keys kept in the data directory: the token signing key and the REST API key, generated
+//! on first use with owner-only permissions.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Reads a hex secret from `dir/name`, creating it with `bytes` random bytes if absent.
+pub fn load_or_create(dir: &Path, name: &str, bytes: usize) -> std::io::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let text = text.trim().to_owned();
+            if text.len() < 32 || hex::decode(&text).is_err() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is not a hex secret of at least 16 bytes", path.display()),
+                ));
+            }
+            Ok(text)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = hex::encode((0..bytes).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&path)?;
+            writeln!(file, "{secret}")?;
+            file.sync_all()?;
+            Ok(secret)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_created_once_and_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(dir.path(), "signing.key", 32).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(load_or_create(dir.path(), "signing.key", 32).unwrap(), a);
+        std::fs::write(dir.path().join("bad.key"), "short").unwrap();
+        assert!(load_or_create(dir.path(), "bad.key", 32).is_err());
+    }
+}

@@ -1,0 +1,322 @@
+/**
+ * The two peer connections of a participant (docs/signaling.md):
+ *
+ * - `SubscriberPeer`: the server offers, we answer. Receives every remote track and the
+ *   server-created `chat` data channel, and knows which RemoteTrack each receiver carries.
+ * - `PublisherPeer`: we offer (`publish_offer`), the server answers. Sends camera,
+ *   microphone and screen share; renegotiates one offer at a time.
+ *
+ * The server is ICE-lite and its descriptions carry its candidate, so no candidates are
+ * exchanged: gathered local candidates are simply not sent.
+ */
+
+import { mediaSections } from './sdp.js';
+
+/**
+ * @typedef {object} RemoteTrack  as sent in `subscribe_offer.tracks`
+ * @property {string} stream_id
+ * @property {string} track_id
+ * @property {string} participant_id
+ * @property {string} identity
+ * @property {'audio' | 'video'} kind
+ * @property {'camera' | 'microphone' | 'screen'} source
+ * @property {boolean} muted
+ */
+
+/**
+ * @typedef {object} ReceivedTrack
+ * @property {RemoteTrack} info
+ * @property {MediaStreamTrack} track  the receiver's track
+ */
+
+/** How long the server gets to answer a `publish_offer`. */
+const PUBLISH_ANSWER_TIMEOUT_MS = 10_000;
+
+const PC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
+
+const trackKey = (streamId, trackId) => `${streamId} ${trackId}`;
+
+export class SubscriberPeer {
+  /** @type {RTCPeerConnection} */
+  pc = new RTCPeerConnection(PC_CONFIG);
+  /** RemoteTracks of the latest offer (minus departed participants), by "stream_id track_id". */
+  #tracks = new Map();
+  /** Media sections of the latest offer, by mid. */
+  #sections = new Map();
+  /** Stream and track ids reported by `ontrack`, by transceiver. */
+  #onTrackIds = new WeakMap();
+
+  /**
+   * @param {object} handlers
+   * @param {(channel: RTCDataChannel) => void} handlers.onChatChannel the server's `chat` channel
+   * @param {() => void} handlers.onStateChange the connection state changed
+   */
+  constructor({ onChatChannel, onStateChange }) {
+    this.pc.ontrack = (event) => {
+      this.#onTrackIds.set(event.transceiver, { streamId: event.streams[0]?.id ?? null, trackId: event.track.id });
+    };
+    this.pc.ondatachannel = (event) => {
+      if (event.channel.label === 'chat') onChatChannel(event.channel);
+    };
+    this.pc.onconnectionstatechange = onStateChange;
+  }
+
+  /**
+   * Applies a `subscribe_offer` and returns the SDP of the answer to send back. Callers
+   * must not apply the next offer before this one has resolved.
+   * @param {string} sdp
+   * @param {RemoteTrack[]} tracks every track the offer carries
+   * @returns {Promise<string>}
+   */
+  async applyOffer(sdp, tracks) {
+    await this.pc.setRemoteDescription({ type: 'offer', sdp });
+    await this.pc.setLocalDescription(await this.pc.createAnswer());
+    this.#tracks = new Map(tracks.map((tr) => [trackKey(tr.stream_id, tr.track_id), { ...tr }]));
+    this.#sections = mediaSections(sdp);
+    return this.pc.localDescription.sdp;
+  }
+
+  /**
+   * Every track currently received, with the RemoteTrack it carries.
+   * @returns {ReceivedTrack[]}
+   */
+  receivedTracks() {
+    const received = [];
+    for (const transceiver of this.pc.getTransceivers()) {
+      const info = this.#infoFor(transceiver);
+      if (info) received.push({ info, track: transceiver.receiver.track });
+    }
+    return received;
+  }
+
+  /** Applies a `track_muted` message. */
+  setTrackMuted(participantId, trackId, muted) {
+    for (const info of this.#tracks.values()) {
+      if (info.participant_id === participantId && info.track_id === trackId) info.muted = muted;
+    }
+  }
+
+  /** Drops a departed participant's tracks at once, before the server's next offer. */
+  forgetParticipant(participantId) {
+    for (const [key, info] of this.#tracks) {
+      if (info.participant_id === participantId) this.#tracks.delete(key);
+    }
+  }
+
+  /**
+   * One entry per inbound-rtp stream whose RemoteTrack is known (see `medrelayStats`).
+   * The stream is matched by its `mid`, or through `trackIdentifier` to the receiver's
+   * transceiver when the browser does not report `mid`.
+   */
+  async inboundStats() {
+    const transceivers = this.pc.getTransceivers();
+    const report = await this.pc.getStats();
+    const entries = [];
+    for (const stat of report.values()) {
+      if (stat.type !== 'inbound-rtp') continue;
+      const transceiver =
+        transceivers.find((t) => stat.mid !== undefined && t.mid === stat.mid) ??
+        transceivers.find((t) => t.receiver.track.id === stat.trackIdentifier);
+      const info = transceiver && this.#infoFor(transceiver);
+      if (!info) continue;
+      entries.push({
+        participant_id: info.participant_id,
+        identity: info.identity,
+        kind: stat.kind ?? info.kind,
+        framesDecoded: stat.framesDecoded ?? 0,
+        frameWidth: stat.frameWidth ?? 0,
+        frameHeight: stat.frameHeight ?? 0,
+        totalSamplesReceived: stat.totalSamplesReceived ?? 0,
+        trackIdentifier: stat.trackIdentifier,
+      });
+    }
+    return entries;
+  }
+
+  close() {
+    this.pc.close();
+  }
+
+  /**
+   * The RemoteTrack a transceiver carries in the latest offer, or null. The offer's
+   * `a=msid` of the transceiver's mid wins over the ids seen by `ontrack`, because a
+   * receiver whose m-section the server reuses for another track keeps its first
+   * track id.
+   */
+  #infoFor(transceiver) {
+    const section = transceiver.mid === null ? undefined : this.#sections.get(transceiver.mid);
+    if (!section?.sending) return null;
+    const seen = this.#onTrackIds.get(transceiver);
+    const streamId = section.streamId ?? seen?.streamId;
+    const trackId = section.trackId ?? seen?.trackId;
+    return this.#tracks.get(trackKey(streamId, trackId)) ?? null;
+  }
+}
+
+export class PublisherPeer {
+  /** @type {RTCPeerConnection} */
+  pc = new RTCPeerConnection(PC_CONFIG);
+  /** The source of every transceiver we added. */
+  #sources = new Map();
+  /** The announced `track_id` of every source published by the last accepted offer. */
+  #published = new Map();
+  /** The `publish_offer` awaiting its answer: {resolve, reject}. */
+  #pending = null;
+  #wanted = false;
+  #running = null;
+  #send;
+  #onRejected;
+  #onError;
+
+  /**
+   * @param {object} deps
+   * @param {(type: string, fields: object) => void} deps.send sends a signaling message
+   * @param {(trackIds: string[]) => void} deps.onRejected the server refused these tracks
+   * @param {(err: Error) => void} deps.onError a negotiation failed (it was rolled back)
+   * @param {() => void} deps.onStateChange the connection state changed
+   */
+  constructor({ send, onRejected, onError, onStateChange }) {
+    this.#send = send;
+    this.#onRejected = onRejected;
+    this.#onError = onError;
+    this.pc.onconnectionstatechange = onStateChange;
+  }
+
+  /**
+   * Adds a camera or microphone track (call `negotiate()` afterwards).
+   * @param {MediaStreamTrack} track
+   * @param {'camera' | 'microphone'} source
+   * @param {MediaStream} stream
+   */
+  addTrack(track, source, stream) {
+    const transceiver = this.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    this.#sources.set(transceiver, source);
+  }
+
+  /**
+   * Starts (`track`) or stops (`null`) sending the screen share; the screen transceiver is
+   * reused across shares. Call `negotiate()` afterwards.
+   * @param {MediaStreamTrack | null} track
+   * @param {MediaStream | null} stream
+   */
+  async setScreen(track, stream) {
+    const transceiver = [...this.#sources].find(([, source]) => source === 'screen')?.[0];
+    if (!track) {
+      if (transceiver) {
+        await transceiver.sender.replaceTrack(null);
+        transceiver.direction = 'inactive';
+      }
+      return;
+    }
+    if (!transceiver) {
+      this.#sources.set(this.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] }), 'screen');
+      return;
+    }
+    await transceiver.sender.replaceTrack(track);
+    transceiver.sender.setStreams(stream);
+    transceiver.direction = 'sendonly';
+  }
+
+  /**
+   * The `track_id` under which `source` was announced to the server, or null if it is not
+   * published.
+   * @param {'camera' | 'microphone' | 'screen'} source
+   */
+  publishedTrackId(source) {
+    return this.#published.get(source) ?? null;
+  }
+
+  /**
+   * Sends a `publish_offer` for the current tracks and applies the answer. Calls made
+   * while an offer is outstanding are folded into one more offer after it. Never rejects:
+   * failures go to `onError`.
+   * @returns {Promise<void>}
+   */
+  negotiate() {
+    this.#wanted = true;
+    this.#running ??= this.#run();
+    return this.#running;
+  }
+
+  /**
+   * Applies a `publish_answer`.
+   * @param {{sdp: string, rejected?: string[]}} msg
+   */
+  handleAnswer(msg) {
+    if (!this.#pending) {
+      console.warn('publisher: publish_answer without an outstanding offer ignored');
+      return;
+    }
+    this.#pending.resolve(msg);
+  }
+
+  /**
+   * Fails the outstanding offer, if any, after a server `error` that refers to it.
+   * @param {string} code
+   * @param {string} message
+   */
+  failPending(code, message) {
+    this.#pending?.reject(Object.assign(new Error(message), { code }));
+  }
+
+  close() {
+    this.#wanted = false;
+    this.#pending?.reject(new Error('publisher closed'));
+    this.pc.close();
+  }
+
+  async #run() {
+    try {
+      while (this.#wanted && this.pc.signalingState !== 'closed') {
+        this.#wanted = false;
+        try {
+          await this.#offerOnce();
+        } catch (err) {
+          if (this.pc.signalingState === 'closed') return;
+          if (this.pc.signalingState === 'have-local-offer') {
+            await this.pc.setLocalDescription({ type: 'rollback' }).catch((e) => console.warn('publisher: rollback failed', e));
+          }
+          this.#onError(err);
+        }
+      }
+    } finally {
+      this.#running = null;
+    }
+  }
+
+  async #offerOnce() {
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    const sdp = this.pc.localDescription.sdp;
+    const sections = mediaSections(sdp);
+    const tracks = [];
+    for (const [transceiver, source] of this.#sources) {
+      const section = transceiver.mid === null ? undefined : sections.get(transceiver.mid);
+      // `track_id` is the track part of a=msid (for a reused screen transceiver that is
+      // its first track's id, not the current track's).
+      if (section?.sending && section.trackId) tracks.push({ track_id: section.trackId, source });
+    }
+    const answer = await new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(Object.assign(new Error('no publish_answer'), { code: 'publish_timeout' })),
+        PUBLISH_ANSWER_TIMEOUT_MS,
+      );
+      this.#pending = {
+        resolve: (msg) => {
+          clearTimeout(timer);
+          resolve(msg);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      this.#send('publish_offer', { sdp, tracks });
+    }).finally(() => {
+      this.#pending = null;
+    });
+    await this.pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+    const rejected = answer.rejected ?? [];
+    this.#published = new Map(tracks.filter((tr) => !rejected.includes(tr.track_id)).map((tr) => [tr.source, tr.track_id]));
+    if (rejected.length) this.#onRejected(rejected);
+  }
+}

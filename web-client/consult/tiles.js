@@ -1,0 +1,278 @@
+/**
+ * The video grid: our own preview first, then one tile per remote participant (camera
+ * video and microphone audio on one MediaStream per participant) and an extra tile for
+ * every screen share, right after its owner's.
+ */
+
+import { t, roleLabel } from '../shared/i18n.js';
+
+/** @typedef {{id: string, identity: string, role: string}} Participant */
+/** @typedef {import('./peer.js').ReceivedTrack} ReceivedTrack */
+
+/**
+ * One tile: video (always muted), optional audio element, placeholder when there is no
+ * video to show (no video track, or the camera is off), caption with name, role and mute
+ * flags.
+ */
+class Tile {
+  el = document.createElement('figure');
+  #video = document.createElement('video');
+  #audio = null;
+  #placeholder = document.createElement('div');
+  #avatar = document.createElement('span');
+  #name = document.createElement('span');
+  #role = document.createElement('span');
+  #micFlag = document.createElement('span');
+  #camFlag = document.createElement('span');
+  #stream = new MediaStream();
+  #cameraOff = false;
+  #variant;
+  #participant;
+  #onAudioBlocked;
+
+  /**
+   * @param {'local' | 'remote' | 'screen' | 'local-screen'} variant
+   * @param {Participant} participant the owner
+   * @param {() => void} onAudioBlocked the browser refused to play audio without a gesture
+   */
+  constructor(variant, participant, onAudioBlocked) {
+    this.#variant = variant;
+    this.#participant = participant;
+    this.#onAudioBlocked = onAudioBlocked;
+    this.el.className = `tile tile--${variant}`;
+    this.el.dataset.participantId = participant.id;
+    this.#video.className = 'tile-video';
+    Object.assign(this.#video, { autoplay: true, playsInline: true, muted: true });
+    this.#placeholder.className = 'tile-placeholder';
+    this.#placeholder.setAttribute('aria-hidden', 'true');
+    this.#avatar.className = 'tile-avatar';
+    this.#placeholder.append(this.#avatar);
+    const caption = document.createElement('figcaption');
+    caption.className = 'tile-caption';
+    this.#name.className = 'tile-name';
+    this.#role.className = 'tile-role';
+    this.#micFlag.className = 'tile-flag tile-flag--mic';
+    this.#camFlag.className = 'tile-flag tile-flag--cam';
+    this.#micFlag.hidden = true;
+    this.#camFlag.hidden = true;
+    caption.append(this.#name, this.#role, this.#micFlag, this.#camFlag);
+    this.el.append(this.#video, this.#placeholder, caption);
+    if (variant === 'remote') {
+      this.#audio = document.createElement('audio');
+      this.#audio.autoplay = true;
+      this.el.append(this.#audio);
+    }
+    this.#video.srcObject = this.#stream;
+    this.setFlags({ micMuted: false, cameraOff: false });
+    this.render();
+  }
+
+  /** Updates the owner (e.g. its role became known) and re-renders the caption. */
+  setParticipant(participant) {
+    this.#participant = participant;
+    this.render();
+  }
+
+  /**
+   * Shows exactly `tracks`. The elements are re-attached only when the set changes.
+   * @param {MediaStreamTrack[]} tracks
+   */
+  setTracks(tracks) {
+    const current = this.#stream.getTracks();
+    if (current.length === tracks.length && tracks.every((tr) => current.includes(tr))) return;
+    for (const tr of current) if (!tracks.includes(tr)) this.#stream.removeTrack(tr);
+    for (const tr of tracks) if (!current.includes(tr)) this.#stream.addTrack(tr);
+    this.#showVideo();
+    // Re-assigning srcObject reloads the element, so it picks up added and removed tracks.
+    this.#video.srcObject = this.#stream;
+    this.#video.play().catch(() => {});
+    if (this.#audio) {
+      this.#audio.srcObject = this.#stream;
+      this.playAudio();
+    }
+  }
+
+  /** (Re)starts audio playback; reports a refusal for lack of a user gesture. */
+  playAudio() {
+    this.#audio?.play().catch((err) => {
+      if (err.name === 'NotAllowedError') this.#onAudioBlocked();
+    });
+  }
+
+  /**
+   * @param {{micMuted: boolean, cameraOff: boolean}} flags whether the owner muted the
+   *   microphone / turned the camera off (flagged, and the placeholder replaces the video).
+   */
+  setFlags({ micMuted, cameraOff }) {
+    this.#micFlag.hidden = !micMuted;
+    this.#camFlag.hidden = !cameraOff;
+    this.#cameraOff = cameraOff;
+    this.#showVideo();
+  }
+
+  /** Shows the video, or the placeholder when there is none or the camera is off. */
+  #showVideo() {
+    const visible = !this.#cameraOff && this.#stream.getVideoTracks().length > 0;
+    this.#video.hidden = !visible;
+    this.#placeholder.hidden = visible;
+  }
+
+  /** Renders the caption in the active language. */
+  render() {
+    const { identity, role } = this.#participant;
+    const name = {
+      local: `${identity} (${t('consult.you')})`,
+      remote: identity,
+      screen: t('consult.screen', { name: identity }),
+      'local-screen': t('consult.yourScreen'),
+    }[this.#variant];
+    this.#name.textContent = name;
+    this.#role.textContent = roleLabel(role);
+    this.#role.dataset.role = role;
+    this.#avatar.textContent = initials(identity);
+    this.#micFlag.textContent = t('tile.micMuted');
+    this.#camFlag.textContent = t('tile.cameraOff');
+    this.el.setAttribute('aria-label', `${name}, ${roleLabel(role)}`);
+  }
+
+  remove() {
+    this.#video.srcObject = null;
+    if (this.#audio) this.#audio.srcObject = null;
+    this.el.remove();
+  }
+}
+
+export class TileGrid {
+  #container;
+  #onAudioBlocked;
+  /** @type {Tile | null} */
+  #local = null;
+  /** @type {Tile | null} */
+  #localScreen = null;
+  /** @type {Map<string, {main: Tile, screen: Tile | null}>} */
+  #remote = new Map();
+
+  /**
+   * @param {HTMLElement} container
+   * @param {{onAudioBlocked: () => void}} handlers
+   */
+  constructor(container, { onAudioBlocked }) {
+    this.#container = container;
+    this.#onAudioBlocked = onAudioBlocked;
+  }
+
+  /**
+   * Shows our own tile (first in the grid) with the local preview.
+   * @param {Participant} self
+   * @param {MediaStream | null} stream null for observers and while capture is opening
+   */
+  setLocal(self, stream) {
+    if (!this.#local) {
+      this.#local = new Tile('local', self, this.#onAudioBlocked);
+      this.#container.prepend(this.#local.el);
+    }
+    this.#local.setParticipant(self);
+    this.#local.setTracks(stream ? stream.getVideoTracks() : []);
+  }
+
+  /** Updates our own tile's mute flags. */
+  setLocalFlags(flags) {
+    this.#local?.setFlags(flags);
+  }
+
+  /**
+   * Shows (`track`) or removes (`null`) the preview of our screen share.
+   * @param {Participant} self
+   * @param {MediaStreamTrack | null} track
+   */
+  setLocalScreen(self, track) {
+    if (!track) {
+      this.#localScreen?.remove();
+      this.#localScreen = null;
+      return;
+    }
+    this.#localScreen ??= new Tile('local-screen', self, this.#onAudioBlocked);
+    this.#local.el.after(this.#localScreen.el);
+    this.#localScreen.setTracks([track]);
+  }
+
+  /**
+   * Makes the remote tiles match `participants` and the tracks received from them.
+   * Tracks of a participant not (yet) in `participants` are not shown.
+   * @param {Iterable<Participant>} participants
+   * @param {ReceivedTrack[]} received
+   */
+  syncRemote(participants, received) {
+    const present = new Set();
+    for (const p of participants) {
+      present.add(p.id);
+      let tiles = this.#remote.get(p.id);
+      if (!tiles) {
+        tiles = { main: new Tile('remote', p, this.#onAudioBlocked), screen: null };
+        this.#remote.set(p.id, tiles);
+        this.#container.append(tiles.main.el);
+      }
+      tiles.main.setParticipant(p);
+      const own = received.filter((r) => r.info.participant_id === p.id);
+      const main = own.filter((r) => r.info.source !== 'screen');
+      const screen = own.filter((r) => r.info.source === 'screen');
+      tiles.main.setTracks(main.map((r) => r.track));
+      tiles.main.setFlags({
+        micMuted: main.some((r) => r.info.kind === 'audio' && r.info.muted),
+        cameraOff: main.some((r) => r.info.kind === 'video' && r.info.muted),
+      });
+      if (screen.length) {
+        if (!tiles.screen) {
+          tiles.screen = new Tile('screen', p, this.#onAudioBlocked);
+          tiles.main.el.after(tiles.screen.el);
+        }
+        tiles.screen.setParticipant(p);
+        tiles.screen.setTracks(screen.map((r) => r.track));
+      } else if (tiles.screen) {
+        tiles.screen.remove();
+        tiles.screen = null;
+      }
+    }
+    for (const [id, tiles] of this.#remote) {
+      if (present.has(id)) continue;
+      tiles.main.remove();
+      tiles.screen?.remove();
+      this.#remote.delete(id);
+    }
+  }
+
+  /** Retries remote audio playback (after a user gesture). */
+  resumeAudio() {
+    for (const { main } of this.#remote.values()) main.playAudio();
+  }
+
+  /** Re-renders every caption in the active language. */
+  renderLabels() {
+    this.#local?.render();
+    this.#localScreen?.render();
+    for (const { main, screen } of this.#remote.values()) {
+      main.render();
+      screen?.render();
+    }
+  }
+
+  /** Removes every tile and stops showing media (after leaving). */
+  clear() {
+    this.#local?.remove();
+    this.#localScreen?.remove();
+    for (const { main, screen } of this.#remote.values()) {
+      main.remove();
+      screen?.remove();
+    }
+    this.#local = null;
+    this.#localScreen = null;
+    this.#remote.clear();
+  }
+}
+
+/** Up to two initials of an identity, for the placeholder avatar. */
+function initials(identity) {
+  const words = identity.split(/[\s._-]+/).filter(Boolean);
+  const letters = words.length > 1 ? words[0][0] + words[1][0] : (words[0] ?? '?').slice(0, 2);
+  return letters.toUpperCase();
+}
