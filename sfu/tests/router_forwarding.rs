@@ -1,0 +1,445 @@
+//! Deterministic tests of the forwarding core: real `rtc` peer connections as clients, the
+//! [`Router`] in between, datagrams carried by hand and time advanced on a virtual clock. No
+//! socket, no sleep, no thread.
+
+use bytes::{Bytes, BytesMut};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu::{Datagram, ParticipantId, ParticipantInfo, Router, RouterConfig, RouterEvent, TrackSource};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const ROUTER_ADDR: &str = "127.0.0.1:50000";
+const STEP: Duration = Duration::from_millis(5);
+
+/// One client peer connection at a virtual address.
+struct Client {
+    addr: SocketAddr,
+    pc: RTCPeerConnection,
+    received: Vec<rtc::rtp::Packet>,
+    chat: Vec<String>,
+    connected: bool,
+    chat_channel: Option<rtc::data_channel::RTCDataChannelId>,
+}
+
+fn client(now: Instant, port: u16) -> Client {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs().unwrap();
+    let setting_engine = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(true)
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(media_engine)
+        .with_setting_engine(setting_engine)
+        .build(now)
+        .unwrap();
+    let host = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .unwrap();
+    pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().unwrap())
+        .unwrap();
+    pc.add_local_candidate(RTCIceCandidateInit::default()).unwrap();
+    Client {
+        addr,
+        pc,
+        received: Vec::new(),
+        chat: Vec::new(),
+        connected: false,
+        chat_channel: None,
+    }
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/VP8".into(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// The router and its clients on a virtual network and clock.
+struct Net {
+    now: Instant,
+    router: Router,
+    clients: Vec<Client>,
+    events: Vec<RouterEvent>,
+}
+
+impl Net {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            now,
+            router: Router::new(RouterConfig::new(ROUTER_ADDR.parse().unwrap())),
+            clients: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Moves every pending datagram, runs due timers, and advances the clock by one step.
+    fn step(&mut self) {
+        let router_addr: SocketAddr = ROUTER_ADDR.parse().unwrap();
+        while let Some(d) = self.router.poll_transmit() {
+            if let Some(c) = self.clients.iter_mut().find(|c| c.addr == d.remote) {
+                let _ = c.pc.handle_read(TaggedBytesMut {
+                    now: self.now,
+                    transport: TransportContext {
+                        local_addr: c.addr,
+                        peer_addr: d.local,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: d.data,
+                });
+            }
+        }
+        for c in &mut self.clients {
+            while let Some(m) = c.pc.poll_write() {
+                if m.transport.peer_addr == router_addr {
+                    self.router.handle_datagram(
+                        self.now,
+                        Datagram {
+                            local: router_addr,
+                            remote: c.addr,
+                            data: m.message,
+                        },
+                    );
+                }
+            }
+            while let Some(e) = c.pc.poll_event() {
+                match e {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => {
+                        c.connected = s == RTCPeerConnectionState::Connected;
+                    }
+                    RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
+                        c.chat_channel = Some(id);
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(m) = c.pc.poll_read() {
+                match m.message {
+                    RTCMessage::RtpPacket(_, p) => c.received.push(p),
+                    RTCMessage::DataChannelMessage(_, m) => {
+                        c.chat.push(String::from_utf8(m.data.to_vec()).unwrap())
+                    }
+                    _ => {}
+                }
+            }
+            if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
+                c.pc.handle_timeout(self.now).unwrap();
+            }
+        }
+        if self.router.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.router.handle_timeout(self.now);
+        }
+        while let Some(e) = self.router.poll_event() {
+            self.events.push(e);
+        }
+        self.now += STEP;
+    }
+
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) -> bool {
+        let deadline = self.now + limit;
+        while self.now < deadline {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes the latest subscribe offer for `id` from the events.
+    fn take_offer(&mut self, id: ParticipantId) -> Option<(String, Vec<sfu::TrackInfo>)> {
+        while let Some(e) = self.router.poll_event() {
+            self.events.push(e);
+        }
+        let i = self.events.iter().rposition(
+            |e| matches!(e, RouterEvent::SubscribeOffer { participant, .. } if *participant == id),
+        )?;
+        match self.events.remove(i) {
+            RouterEvent::SubscribeOffer { sdp, tracks, .. } => Some((sdp, tracks)),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Answers the latest subscribe offer for `id` with client `c`.
+    fn answer_offer(&mut self, id: ParticipantId, c: usize) -> Vec<sfu::TrackInfo> {
+        let (sdp, tracks) = self.take_offer(id).expect("a subscribe offer");
+        let pc = &mut self.clients[c].pc;
+        pc.set_remote_description(self.now, RTCSessionDescription::offer(sdp).unwrap())
+            .unwrap();
+        let answer = pc.create_answer(None).unwrap();
+        pc.set_local_description(self.now, answer.clone()).unwrap();
+        self.router
+            .subscribe_answer(self.now, id, answer.sdp)
+            .unwrap();
+        tracks
+    }
+
+    fn join(&mut self, n: u64, can_publish: bool) -> ParticipantId {
+        let id = ParticipantId(n);
+        self.router
+            .join(
+                self.now,
+                ParticipantInfo {
+                    id,
+                    room: "consult".into(),
+                    identity: format!("user{n}"),
+                    role: if can_publish { "clinic" } else { "observer" }.into(),
+                    can_publish,
+                },
+            )
+            .unwrap();
+        id
+    }
+
+    /// A publisher client offering one VP8 track; returns (client index, sender, ssrc).
+    fn publish_video(&mut self, id: ParticipantId, port: u16) -> (usize, RTCRtpSenderId, u32) {
+        let mut c = client(self.now, port);
+        let ssrc = 0x1234_5678;
+        let track = MediaStreamTrack::new(
+            "stream".into(),
+            "camera-track".into(),
+            "camera".into(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: vp8(),
+                ..Default::default()
+            }],
+        );
+        let sender = c.pc.add_track(track).unwrap();
+        let offer = c.pc.create_offer(None).unwrap();
+        c.pc.set_local_description(self.now, offer.clone()).unwrap();
+        let answer = self
+            .router
+            .publish_offer(
+                self.now,
+                id,
+                offer.sdp,
+                vec![("camera-track".into(), TrackSource::Camera)],
+            )
+            .unwrap();
+        c.pc.set_remote_description(self.now, RTCSessionDescription::answer(answer.sdp).unwrap())
+            .unwrap();
+        self.clients.push(c);
+        (self.clients.len() - 1, sender, ssrc)
+    }
+
+    fn send_rtp(&mut self, c: usize, sender: RTCRtpSenderId, ssrc: u32, seq: u16, ts: u32) {
+        let now = self.now;
+        let pc = &mut self.clients[c].pc;
+        let pt = pc.rtp_sender(sender).unwrap().get_parameters().rtp_parameters.codecs[0].payload_type;
+        let mut packet = rtc::rtp::Packet::default();
+        packet.header.version = 2;
+        packet.header.ssrc = ssrc;
+        packet.header.sequence_number = seq;
+        packet.header.timestamp = ts;
+        packet.header.payload_type = pt;
+        packet.payload = Bytes::from(format!("frame-{seq}").into_bytes());
+        pc.rtp_sender(sender).unwrap().write_rtp(now, packet).unwrap();
+    }
+}
+
+/// A subscriber (observer) and a publisher: the subscriber's connection comes up, it receives
+/// the publisher's packets with its own SSRC, continuous sequence numbers and the payload
+/// unchanged.
+#[test]
+fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
+    let mut net = Net::new();
+    let viewer = net.join(1, false);
+    net.clients.push(client(net.now, 40001));
+    let tracks = net.answer_offer(viewer, 0);
+    assert!(tracks.is_empty(), "nothing published yet");
+
+    let publisher = net.join(2, true);
+    // The publisher also gets a subscriber offer (it receives nothing yet); leave it
+    // unanswered: the router must not need it to forward.
+    assert!(net.take_offer(publisher).is_some());
+    let (pub_client, sender, ssrc) = net.publish_video(publisher, 40002);
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.clients[0].connected && n.clients[1].connected),
+        "both connections establish over ICE-lite and DTLS"
+    );
+
+    // The first packet publishes the track; the viewer is offered it.
+    net.send_rtp(pub_client, sender, ssrc, 1000, 90_000);
+    assert!(net.run_until(Duration::from_secs(1), |n| n
+        .events
+        .iter()
+        .any(|e| matches!(e, RouterEvent::SubscribeOffer { participant, .. } if *participant == viewer))));
+    let tracks = net.answer_offer(viewer, 0);
+    assert_eq!(tracks.len(), 1);
+    assert_eq!(tracks[0].participant_id, publisher);
+    assert_eq!(tracks[0].source, TrackSource::Camera);
+    assert_eq!(tracks[0].track_id, format!("{publisher}-camera-track"));
+    net.run_until(Duration::from_millis(200), |_| false);
+
+    for i in 1..=20u16 {
+        net.send_rtp(pub_client, sender, ssrc, 1000 + i, 90_000 + 3000 * i as u32);
+        net.step();
+    }
+    net.run_until(Duration::from_millis(200), |_| false);
+
+    let got = &net.clients[0].received;
+    assert!(got.len() >= 15, "the viewer received the stream, got {}", got.len());
+    let out_ssrc = got[0].header.ssrc;
+    assert_ne!(out_ssrc, ssrc, "SSRC is rewritten per subscriber");
+    for pair in got.windows(2) {
+        assert_eq!(pair[1].header.ssrc, out_ssrc);
+        assert_eq!(
+            pair[1].header.sequence_number,
+            pair[0].header.sequence_number.wrapping_add(1),
+            "sequence numbers are continuous"
+        );
+        assert_eq!(
+            pair[1].header.timestamp.wrapping_sub(pair[0].header.timestamp),
+            3000,
+            "timestamp spacing is kept"
+        );
+    }
+    let last = got.last().unwrap();
+    let in_seq = 1000 + 20;
+    assert_eq!(last.payload, Bytes::from(format!("frame-{in_seq}").into_bytes()));
+    assert!(net.router.stats().forwarded_packets >= 15);
+    assert!(net.router.stats().plis_sent >= 1, "a keyframe was requested for the new subscriber");
+}
+
+/// When the publisher leaves, its track is removed from the viewer by a new offer.
+#[test]
+fn leaving_removes_the_track_by_renegotiation() {
+    let mut net = Net::new();
+    let viewer = net.join(1, false);
+    net.clients.push(client(net.now, 40001));
+    net.answer_offer(viewer, 0);
+    let publisher = net.join(2, true);
+    net.take_offer(publisher);
+    let (pub_client, sender, ssrc) = net.publish_video(publisher, 40002);
+    net.run_until(Duration::from_secs(5), |n| n.clients[1].connected);
+    net.send_rtp(pub_client, sender, ssrc, 1, 0);
+    net.run_until(Duration::from_secs(1), |n| !n.events.is_empty());
+    assert_eq!(net.answer_offer(viewer, 0).len(), 1);
+    assert_eq!(net.router.subscription_count(), 1);
+
+    net.router.leave(net.now, publisher);
+    assert_eq!(net.router.track_count(), 0);
+    assert_eq!(net.router.subscription_count(), 0);
+    let (sdp, tracks) = net.take_offer(viewer).expect("a renegotiation offer");
+    assert!(tracks.is_empty());
+    assert!(
+        sdp.contains("a=inactive") || sdp.contains("a=recvonly"),
+        "the removed track's m-line no longer sends"
+    );
+}
+
+/// Observers may not publish; unknown participants and bad SDP get typed errors and change
+/// nothing.
+#[test]
+fn bad_commands_get_typed_errors() {
+    let mut net = Net::new();
+    let observer = net.join(1, false);
+    let err = net
+        .router
+        .publish_offer(net.now, observer, "v=0".into(), vec![])
+        .unwrap_err();
+    assert!(matches!(err, sfu::SfuError::PublishForbidden));
+    let clinic = net.join(2, true);
+    let err = net
+        .router
+        .publish_offer(net.now, clinic, "this is not sdp".into(), vec![])
+        .unwrap_err();
+    assert!(matches!(err, sfu::SfuError::InvalidSdp(_)), "{err:?}");
+    let err = net
+        .router
+        .subscribe_answer(net.now, ParticipantId(99), "v=0".into())
+        .unwrap_err();
+    assert!(matches!(err, sfu::SfuError::UnknownParticipant(_)));
+    assert!(matches!(
+        net.router.join(
+            net.now,
+            ParticipantInfo {
+                id: clinic,
+                room: "consult".into(),
+                identity: "again".into(),
+                role: "clinic".into(),
+                can_publish: true
+            }
+        ),
+        Err(sfu::SfuError::AlreadyJoined(_))
+    ));
+    // Garbage on the media port is counted and ignored.
+    net.router.handle_datagram(
+        net.now,
+        Datagram {
+            local: ROUTER_ADDR.parse().unwrap(),
+            remote: "127.0.0.1:1".parse().unwrap(),
+            data: BytesMut::from(&b"garbage"[..]),
+        },
+    );
+    assert_eq!(net.router.stats().unroutable_datagrams, 1);
+    assert_eq!(net.router.participant_count(), 2);
+}
+
+/// Chat sent on one participant's data channel reaches the others' channels.
+#[test]
+fn chat_is_relayed_between_data_channels() {
+    let mut net = Net::new();
+    let a = net.join(1, true);
+    net.clients.push(client(net.now, 40001));
+    net.answer_offer(a, 0);
+    let b = net.join(2, true);
+    net.clients.push(client(net.now, 40002));
+    net.answer_offer(b, 1);
+    assert!(net.run_until(Duration::from_secs(5), |n| n
+        .clients
+        .iter()
+        .all(|c| c.chat_channel.is_some())));
+    let now = net.now;
+    let dc = net.clients[0].chat_channel.unwrap();
+    net.clients[0]
+        .pc
+        .data_channel(dc)
+        .unwrap()
+        .send_text(now, r#"{"text":"hello"}"#)
+        .unwrap();
+    assert!(net.run_until(Duration::from_secs(1), |n| n
+        .events
+        .iter()
+        .any(|e| matches!(e, RouterEvent::Chat { from, .. } if *from == a))));
+    net.router.broadcast_chat(net.now, a, "stamped");
+    assert!(net.run_until(Duration::from_secs(1), |n| !n.clients[1].chat.is_empty()));
+    assert_eq!(net.clients[1].chat, vec!["stamped".to_string()]);
+    assert!(net.clients[0].chat.is_empty(), "the sender does not get its own message");
+}
