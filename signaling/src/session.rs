@@ -21,7 +21,7 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval of server pings.
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Silence after which a participant is considered gone.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(4);
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
 /// Messages a client may send per second before it is cut off.
 pub const MAX_MESSAGES_PER_SECOND: u32 = 50;
 
