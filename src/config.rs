@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn defaults_bind_loopback_without_tls() {
         let c = ServeArgs::default().resolve().unwrap();
-        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(c.media_port, 50000);
         assert_eq!(c.tls, Tls::Off);
     }
@@ -187,7 +187,7 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(c.media_port, 41000);
-        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:9000".parse::<SocketAddr>().unwrap());
         std::fs::write(&path, "no_such_setting = 1\n").unwrap();
         let bad = ServeArgs {
             config: Some(path),

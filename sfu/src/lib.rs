@@ -19,6 +19,7 @@
 
 pub mod demux;
 mod error;
+mod keyframe_relay;
 mod participant;
 mod peer;
 pub mod rewrite;

@@ -1,11 +1,13 @@
 //! Building the router's peer connections: ICE-lite on the shared socket, DTLS server,
 //! default codecs (Opus, VP8, VP9, H.264, AV1) and the default interceptors (NACK generator
-//! and responder with its packet cache, RTCP reports, TWCC feedback).
+//! and responder with its packet cache, RTCP reports, TWCC feedback), plus the marker that
+//! surfaces keyframe requests.
 
 use crate::SfuError;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::rand::{generate_pwd, generate_ufrag};
-use rtc::interceptor::Registry;
+use crate::keyframe_relay::{self, KeyframeRequestMarker};
+use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -27,7 +29,10 @@ pub(crate) fn build(now: Instant, media_addr: SocketAddr) -> Result<NewPeer, Sfu
     let ufrag = generate_ufrag();
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+        Slot::from(keyframe_relay::SLOT),
+        KeyframeRequestMarker::default(),
+    );
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.clone(), generate_pwd())

@@ -173,6 +173,7 @@ async fn run(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut last_stats = Instant::now();
+    let mut changed = false;
     loop {
         while let Some(d) = router.poll_transmit() {
             if let Err(e) = socket.send_to(&d.data, d.remote).await {
@@ -186,8 +187,9 @@ async fn run(
             }
         }
         let now = Instant::now();
-        if now.duration_since(last_stats) >= Duration::from_millis(250) {
+        if changed || now.duration_since(last_stats) >= Duration::from_millis(250) {
             last_stats = now;
+            changed = false;
             *stats.lock().expect("stats lock") = MediaStats {
                 participants: router.participant_count(),
                 tracks: router.track_count(),
@@ -202,7 +204,10 @@ async fn run(
 
         tokio::select! {
             command = commands.recv() => match command {
-                Some(command) => apply(&mut router, command),
+                Some(command) => {
+                    apply(&mut router, command);
+                    changed = true;
+                }
                 None => return,
             },
             received = socket.recv_from(&mut buf) => {

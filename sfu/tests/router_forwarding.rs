@@ -335,6 +335,26 @@ fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
     assert_eq!(last.payload, Bytes::from(format!("frame-{in_seq}").into_bytes()));
     assert!(net.router.stats().forwarded_packets >= 15);
     assert!(net.router.stats().plis_sent >= 1, "a keyframe was requested for the new subscriber");
+
+    // The viewer asks for a keyframe: the router relays it to the publisher.
+    let plis_before = net.router.stats().plis_sent;
+    net.run_until(Duration::from_millis(400), |_| false);
+    let now = net.now;
+    let receiver = net.clients[0].pc.get_receivers().next().unwrap();
+    net.clients[0]
+        .pc
+        .rtp_receiver(receiver)
+        .unwrap()
+        .write_rtcp(
+            now,
+            vec![Box::new(rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                sender_ssrc: 1,
+                media_ssrc: out_ssrc,
+            })],
+        )
+        .unwrap();
+    assert!(net.run_until(Duration::from_millis(200), |n| n.router.stats().keyframe_requests_received >= 1));
+    assert!(net.router.stats().plis_sent > plis_before, "the request reached the publisher");
 }
 
 /// When the publisher leaves, its track is removed from the viewer by a new offer.
