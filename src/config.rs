@@ -169,8 +169,20 @@ mod tests {
             args().resolve(),
             Err(ConfigError::PlainHttpOutsideLoopback(_))
         ));
-        assert!(ServeArgs { insecure: true, ..args() }.resolve().is_ok());
-        let tls = ServeArgs { tls_self_signed: true, ..args() }.resolve().unwrap();
+        assert!(
+            ServeArgs {
+                insecure: true,
+                ..args()
+            }
+            .resolve()
+            .is_ok()
+        );
+        let tls = ServeArgs {
+            tls_self_signed: true,
+            ..args()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(tls.tls, Tls::SelfSigned);
     }
 

@@ -73,11 +73,19 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Token(args) => {
             let secret = secrets::load_or_create(&args.data_dir, "signing.key", SIGNING_KEY_BYTES)
-                .with_context(|| format!("reading the signing key in {}", args.data_dir.display()))?;
+                .with_context(|| {
+                    format!("reading the signing key in {}", args.data_dir.display())
+                })?;
             let keys = TokenKeys::new(&hex::decode(secret)?);
             println!(
                 "{}",
-                keys.issue(&args.room, &args.identity, args.role, args.ttl, SystemTime::now())
+                keys.issue(
+                    &args.room,
+                    &args.identity,
+                    args.role,
+                    args.ttl,
+                    SystemTime::now()
+                )
             );
             Ok(())
         }
@@ -110,7 +118,11 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         shutdown.graceful_shutdown(Some(Duration::from_secs(5)));
     });
 
-    let scheme = if config.tls == Tls::Off { "http" } else { "https" };
+    let scheme = if config.tls == Tls::Off {
+        "http"
+    } else {
+        "https"
+    };
     info!(
         "medrelay serving {scheme}://{} (media udp {}, data {})",
         config.listen,

@@ -1,10 +1,10 @@
 //! The browser pages (`web-client/`), embedded in the binary and served at `/`.
 
+use axum::Router;
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
 
 #[derive(rust_embed::RustEmbed)]
 #[folder = "web-client/"]
@@ -14,8 +14,14 @@ struct Assets;
 pub fn routes() -> Router {
     Router::new()
         .route("/", get(|| async { asset("index.html") }))
-        .route("/consult", get(|| async { Redirect::permanent("/consult/") }))
-        .route("/{*path}", get(|Path(path): Path<String>| async move { asset(&path) }))
+        .route(
+            "/consult",
+            get(|| async { Redirect::permanent("/consult/") }),
+        )
+        .route(
+            "/{*path}",
+            get(|Path(path): Path<String>| async move { asset(&path) }),
+        )
 }
 
 fn asset(path: &str) -> Response {

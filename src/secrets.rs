@@ -14,13 +14,20 @@ pub fn load_or_create(dir: &Path, name: &str, bytes: usize) -> std::io::Result<S
             if text.len() < 32 || hex::decode(&text).is_err() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("{} is not a hex secret of at least 16 bytes", path.display()),
+                    format!(
+                        "{} is not a hex secret of at least 16 bytes",
+                        path.display()
+                    ),
                 ));
             }
             Ok(text)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = hex::encode((0..bytes).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
+            let secret = hex::encode(
+                (0..bytes)
+                    .map(|_| rand::random::<u8>())
+                    .collect::<Vec<u8>>(),
+            );
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]

@@ -96,7 +96,10 @@ mod tests {
 
         // DTLS before any check: unknown.
         assert_eq!(demux.route(from, &[22, 254, 253, 0, 0]), None);
-        assert_eq!(demux.route(from, &binding_request("abcd1234:remote")), Some(key));
+        assert_eq!(
+            demux.route(from, &binding_request("abcd1234:remote")),
+            Some(key)
+        );
         assert_eq!(demux.route(from, &[22, 254, 253, 0, 0]), Some(key));
         // Another address is not bound by the first one's check.
         let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();

@@ -4,9 +4,9 @@
 //! surfaces keyframe requests.
 
 use crate::SfuError;
+use crate::keyframe_relay::{self, KeyframeRequestMarker};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::rand::{generate_pwd, generate_ufrag};
-use crate::keyframe_relay::{self, KeyframeRequestMarker};
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;

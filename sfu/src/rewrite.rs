@@ -192,7 +192,13 @@ mod tests {
         // 0 ms elapsed is advanced by the minimum of one tick.
         assert_eq!(out.ts, 1_001);
         let out = rw.rewrite(40_001, 7_777 + 3000, t0).unwrap();
-        assert_eq!(out, Rewritten { seq: 501, ts: 4_001 });
+        assert_eq!(
+            out,
+            Rewritten {
+                seq: 501,
+                ts: 4_001
+            }
+        );
     }
 
     #[test]

@@ -294,8 +294,8 @@ impl Router {
         if !participant.info.can_publish {
             return Err(SfuError::PublishForbidden);
         }
-        let offer = RTCSessionDescription::offer(sdp)
-            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         let sending = sending_track_ids(&offer)?;
         let new_pc = participant.publisher.is_none();
         if new_pc {
@@ -303,7 +303,10 @@ impl Router {
             self.demux.register(new_peer.ufrag, (id, PcKind::Publisher));
             participant.publisher = Some(new_peer.pc);
         }
-        let pc = participant.publisher.as_mut().expect("publisher connection exists");
+        let pc = participant
+            .publisher
+            .as_mut()
+            .expect("publisher connection exists");
         if let Err(e) = pc.set_remote_description(now, offer) {
             if new_pc {
                 participant.publisher = None;
@@ -347,8 +350,8 @@ impl Router {
         if !participant.offer_outstanding {
             return Err(SfuError::NoOfferOutstanding);
         }
-        let answer = RTCSessionDescription::answer(sdp)
-            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         participant
             .subscriber
             .set_remote_description(now, answer)
@@ -386,7 +389,8 @@ impl Router {
         for track in self.tracks.values_mut() {
             track.subscriptions.retain(|s| s.subscriber != id);
         }
-        self.downtracks.retain(|(subscriber, _), _| *subscriber != id);
+        self.downtracks
+            .retain(|(subscriber, _), _| *subscriber != id);
         self.demux.remove_participant(id);
         self.dirty_set.retain(|(p, _)| *p != id);
         self.dirty.retain(|(p, _)| *p != id);
@@ -426,11 +430,7 @@ impl Router {
             self.stats.unroutable_datagrams += 1;
             return;
         };
-        let Some(pc) = self
-            .participants
-            .get_mut(&key.0)
-            .and_then(|p| p.pc(key.1))
-        else {
+        let Some(pc) = self.participants.get_mut(&key.0).and_then(|p| p.pc(key.1)) else {
             self.stats.unroutable_datagrams += 1;
             return;
         };
@@ -491,11 +491,7 @@ impl Router {
             }
             let key = self.dirty.pop()?;
             self.dirty_set.remove(&key);
-            let Some(pc) = self
-                .participants
-                .get_mut(&key.0)
-                .and_then(|p| p.pc(key.1))
-            else {
+            let Some(pc) = self.participants.get_mut(&key.0).and_then(|p| p.pc(key.1)) else {
                 continue;
             };
             while let Some(out) = pc.poll_write() {
@@ -522,11 +518,7 @@ impl Router {
     /// Drains a peer connection's events and messages and acts on them.
     fn process(&mut self, now: Instant, key: PcKey) {
         loop {
-            let Some(pc) = self
-                .participants
-                .get_mut(&key.0)
-                .and_then(|p| p.pc(key.1))
-            else {
+            let Some(pc) = self.participants.get_mut(&key.0).and_then(|p| p.pc(key.1)) else {
                 return;
             };
             if let Some(event) = pc.poll_event() {
@@ -605,7 +597,8 @@ impl Router {
                 }
             }
             (PcKind::Subscriber, RTCMessage::DataChannelMessage(_, message)) => {
-                let text = (message.is_string && message.data.len() <= self.config.max_chat_message)
+                let text = (message.is_string
+                    && message.data.len() <= self.config.max_chat_message)
                     .then(|| String::from_utf8(message.data.to_vec()).ok())
                     .flatten();
                 match text {
@@ -635,8 +628,15 @@ impl Router {
             return;
         };
         let source_hint = p.sources.get(&track_id).copied();
-        let (identity, role, room) = (p.info.identity.clone(), p.info.role.clone(), p.info.room.clone());
-        let Some(mut receiver) = p.publisher.as_mut().and_then(|pc| pc.rtp_receiver(receiver_id))
+        let (identity, role, room) = (
+            p.info.identity.clone(),
+            p.info.role.clone(),
+            p.info.room.clone(),
+        );
+        let Some(mut receiver) = p
+            .publisher
+            .as_mut()
+            .and_then(|pc| pc.rtp_receiver(receiver_id))
         else {
             return;
         };
@@ -806,7 +806,11 @@ impl Router {
             return;
         };
         for track in self.tracks.values_mut() {
-            for sub in track.subscriptions.iter_mut().filter(|s| s.subscriber == id) {
+            for sub in track
+                .subscriptions
+                .iter_mut()
+                .filter(|s| s.subscriber == id)
+            {
                 let Some(mut sender) = p.subscriber.rtp_sender(sub.sender_id) else {
                     continue;
                 };
@@ -815,9 +819,10 @@ impl Router {
                     .codecs
                     .iter()
                     .filter_map(|(pub_pt, codec)| {
-                        let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
-                            c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
-                        };
+                        let same_mime =
+                            |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+                                c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+                            };
                         params
                             .codecs
                             .iter()
@@ -844,7 +849,11 @@ impl Router {
                 }
             }
         }
-        if self.participants.get(&id).is_some_and(|p| p.subscriber_connected) {
+        if self
+            .participants
+            .get(&id)
+            .is_some_and(|p| p.subscriber_connected)
+        {
             self.request_keyframes_for(now, id);
         }
     }
@@ -880,13 +889,15 @@ impl Router {
             out.header.payload_type = pt;
             out.header.sequence_number = rewritten.seq;
             out.header.timestamp = rewritten.ts;
-            out.header.extensions.retain_mut(|ext| match negotiated.extensions.map(ext.id) {
-                Some(id) => {
-                    ext.id = id;
-                    true
-                }
-                None => false,
-            });
+            out.header
+                .extensions
+                .retain_mut(|ext| match negotiated.extensions.map(ext.id) {
+                    Some(id) => {
+                        ext.id = id;
+                        true
+                    }
+                    None => false,
+                });
             out.header.extension = !out.header.extensions.is_empty();
             match p.subscriber.rtp_sender(sub.sender_id) {
                 Some(mut sender) => match sender.write_rtp(now, out) {
@@ -980,7 +991,9 @@ fn sending_track_ids(offer: &RTCSessionDescription) -> Result<HashSet<String>, S
         if media.media_name.port.value == 0 || !sends {
             continue;
         }
-        if let Some(track) = attr("msid").and_then(|v| v.split_whitespace().nth(1).map(str::to_owned)) {
+        if let Some(track) =
+            attr("msid").and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
+        {
             ids.insert(track);
         }
     }

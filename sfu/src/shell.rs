@@ -86,7 +86,10 @@ impl SfuHandle {
         make: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
     ) -> Result<Result<T, SfuError>, MediaLoopGone> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| MediaLoopGone)?;
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| MediaLoopGone)?;
         rx.await.map_err(|_| MediaLoopGone)
     }
 
@@ -152,7 +155,14 @@ pub async fn spawn(
     let stats = Arc::new(Mutex::new(MediaStats::default()));
     let router = Router::new(RouterConfig::new(media_addr));
     info!(%local, announced = %media_addr, "media socket bound");
-    tokio::spawn(run(router, socket, local, command_rx, event_tx, stats.clone()));
+    tokio::spawn(run(
+        router,
+        socket,
+        local,
+        command_rx,
+        event_tx,
+        stats.clone(),
+    ));
     Ok((
         SfuHandle {
             commands,

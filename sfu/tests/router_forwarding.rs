@@ -20,7 +20,9 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use sfu::{Datagram, ParticipantId, ParticipantInfo, Router, RouterConfig, RouterEvent, TrackSource};
+use sfu::{
+    Datagram, ParticipantId, ParticipantInfo, Router, RouterConfig, RouterEvent, TrackSource,
+};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -63,7 +65,8 @@ fn client(now: Instant, port: u16) -> Client {
     .unwrap();
     pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().unwrap())
         .unwrap();
-    pc.add_local_candidate(RTCIceCandidateInit::default()).unwrap();
+    pc.add_local_candidate(RTCIceCandidateInit::default())
+        .unwrap();
     Client {
         addr,
         pc,
@@ -261,7 +264,13 @@ impl Net {
     fn send_rtp(&mut self, c: usize, sender: RTCRtpSenderId, ssrc: u32, seq: u16, ts: u32) {
         let now = self.now;
         let pc = &mut self.clients[c].pc;
-        let pt = pc.rtp_sender(sender).unwrap().get_parameters().rtp_parameters.codecs[0].payload_type;
+        let pt = pc
+            .rtp_sender(sender)
+            .unwrap()
+            .get_parameters()
+            .rtp_parameters
+            .codecs[0]
+            .payload_type;
         let mut packet = rtc::rtp::Packet::default();
         packet.header.version = 2;
         packet.header.ssrc = ssrc;
@@ -269,7 +278,10 @@ impl Net {
         packet.header.timestamp = ts;
         packet.header.payload_type = pt;
         packet.payload = Bytes::from(format!("frame-{seq}").into_bytes());
-        pc.rtp_sender(sender).unwrap().write_rtp(now, packet).unwrap();
+        pc.rtp_sender(sender)
+            .unwrap()
+            .write_rtp(now, packet)
+            .unwrap();
     }
 }
 
@@ -290,7 +302,8 @@ fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
     assert!(net.take_offer(publisher).is_some());
     let (pub_client, sender, ssrc) = net.publish_video(publisher, 40002);
     assert!(
-        net.run_until(Duration::from_secs(5), |n| n.clients[0].connected && n.clients[1].connected),
+        net.run_until(Duration::from_secs(5), |n| n.clients[0].connected
+            && n.clients[1].connected),
         "both connections establish over ICE-lite and DTLS"
     );
 
@@ -314,7 +327,11 @@ fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
     net.run_until(Duration::from_millis(200), |_| false);
 
     let got = &net.clients[0].received;
-    assert!(got.len() >= 15, "the viewer received the stream, got {}", got.len());
+    assert!(
+        got.len() >= 15,
+        "the viewer received the stream, got {}",
+        got.len()
+    );
     let out_ssrc = got[0].header.ssrc;
     assert_ne!(out_ssrc, ssrc, "SSRC is rewritten per subscriber");
     for pair in got.windows(2) {
@@ -325,16 +342,25 @@ fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
             "sequence numbers are continuous"
         );
         assert_eq!(
-            pair[1].header.timestamp.wrapping_sub(pair[0].header.timestamp),
+            pair[1]
+                .header
+                .timestamp
+                .wrapping_sub(pair[0].header.timestamp),
             3000,
             "timestamp spacing is kept"
         );
     }
     let last = got.last().unwrap();
     let in_seq = 1000 + 20;
-    assert_eq!(last.payload, Bytes::from(format!("frame-{in_seq}").into_bytes()));
+    assert_eq!(
+        last.payload,
+        Bytes::from(format!("frame-{in_seq}").into_bytes())
+    );
     assert!(net.router.stats().forwarded_packets >= 15);
-    assert!(net.router.stats().plis_sent >= 1, "a keyframe was requested for the new subscriber");
+    assert!(
+        net.router.stats().plis_sent >= 1,
+        "a keyframe was requested for the new subscriber"
+    );
 
     // The viewer asks for a keyframe: the router relays it to the publisher.
     let plis_before = net.router.stats().plis_sent;
@@ -347,14 +373,21 @@ fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
         .unwrap()
         .write_rtcp(
             now,
-            vec![Box::new(rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
-                sender_ssrc: 1,
-                media_ssrc: out_ssrc,
-            })],
+            vec![Box::new(
+                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                    sender_ssrc: 1,
+                    media_ssrc: out_ssrc,
+                },
+            )],
         )
         .unwrap();
-    assert!(net.run_until(Duration::from_millis(200), |n| n.router.stats().keyframe_requests_received >= 1));
-    assert!(net.router.stats().plis_sent > plis_before, "the request reached the publisher");
+    assert!(net.run_until(Duration::from_millis(200), |n| {
+        n.router.stats().keyframe_requests_received >= 1
+    }));
+    assert!(
+        net.router.stats().plis_sent > plis_before,
+        "the request reached the publisher"
+    );
 }
 
 /// When the publisher leaves, its track is removed from the viewer by a new offer.
@@ -442,10 +475,9 @@ fn chat_is_relayed_between_data_channels() {
     let b = net.join(2, true);
     net.clients.push(client(net.now, 40002));
     net.answer_offer(b, 1);
-    assert!(net.run_until(Duration::from_secs(5), |n| n
-        .clients
-        .iter()
-        .all(|c| c.chat_channel.is_some())));
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        n.clients.iter().all(|c| c.chat_channel.is_some())
+    }));
     let now = net.now;
     let dc = net.clients[0].chat_channel.unwrap();
     net.clients[0]
@@ -454,12 +486,16 @@ fn chat_is_relayed_between_data_channels() {
         .unwrap()
         .send_text(now, r#"{"text":"hello"}"#)
         .unwrap();
-    assert!(net.run_until(Duration::from_secs(1), |n| n
-        .events
-        .iter()
-        .any(|e| matches!(e, RouterEvent::Chat { from, .. } if *from == a))));
+    assert!(net.run_until(Duration::from_secs(1), |n| {
+        n.events
+            .iter()
+            .any(|e| matches!(e, RouterEvent::Chat { from, .. } if *from == a))
+    }));
     net.router.broadcast_chat(net.now, a, "stamped");
     assert!(net.run_until(Duration::from_secs(1), |n| !n.clients[1].chat.is_empty()));
     assert_eq!(net.clients[1].chat, vec!["stamped".to_string()]);
-    assert!(net.clients[0].chat.is_empty(), "the sender does not get its own message");
+    assert!(
+        net.clients[0].chat.is_empty(),
+        "the sender does not get its own message"
+    );
 }

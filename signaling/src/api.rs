@@ -103,7 +103,9 @@ async fn create_room(
             "room names are 1 to 128 of A-Z a-z 0-9 . _ -".into(),
         ));
     }
-    let room = state.registry.create_room(&body.name, body.max_participants);
+    let room = state
+        .registry
+        .create_room(&body.name, body.max_participants);
     Ok((StatusCode::CREATED, Json(room)))
 }
 
@@ -227,10 +229,13 @@ struct ApiKeyScheme;
 impl utoipa::Modify for ApiKeyScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-        openapi.components.get_or_insert_default().add_security_scheme(
-            "api_key",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
-        );
+        openapi
+            .components
+            .get_or_insert_default()
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
+            );
     }
 }
 
@@ -276,7 +281,10 @@ mod tests {
             "/api/rooms/{room}/participants/{participant}",
             "/api/rooms/{room}/tokens",
         ] {
-            assert!(paths.iter().any(|p| *p == path), "{path} missing from OpenAPI");
+            assert!(
+                paths.iter().any(|p| *p == path),
+                "{path} missing from OpenAPI"
+            );
         }
     }
 }

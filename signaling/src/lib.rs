@@ -70,7 +70,10 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(|| async { axum::Json(api::ApiDoc::openapi()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(api::ApiDoc::openapi()) }),
+        )
         .merge(api::routes(state.clone()))
         .with_state(state)
 }
@@ -120,7 +123,10 @@ pub async fn dispatch(state: Arc<AppState>, mut events: mpsc::UnboundedReceiver<
                     .into_iter()
                     .map(|track| {
                         let prefix = format!("{}-", track.participant_id);
-                        let own_id = track.track_id.strip_prefix(&prefix).unwrap_or(&track.track_id);
+                        let own_id = track
+                            .track_id
+                            .strip_prefix(&prefix)
+                            .unwrap_or(&track.track_id);
                         RemoteTrack {
                             muted: state.registry.is_muted(track.participant_id, own_id),
                             track,

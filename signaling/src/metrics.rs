@@ -23,17 +23,27 @@ impl Metrics {
     /// Registers every metric, including a collector that snapshots rooms and media.
     pub fn new(rooms: Arc<Rooms>, sfu: SfuHandle) -> Self {
         let registry = Registry::new_custom(Some("medrelay".into()), None).expect("valid prefix");
-        let joins = IntCounter::new("joins_total", "Participants admitted to a room").expect("metric");
+        let joins =
+            IntCounter::new("joins_total", "Participants admitted to a room").expect("metric");
         let ws_messages =
             IntCounter::new("ws_messages_total", "Signaling messages received").expect("metric");
         let ws_errors = IntCounterVec::new(
-            Opts::new("ws_errors_total", "Signaling errors sent to clients, by code"),
+            Opts::new(
+                "ws_errors_total",
+                "Signaling errors sent to clients, by code",
+            ),
             &["code"],
         )
         .expect("metric");
-        registry.register(Box::new(joins.clone())).expect("register");
-        registry.register(Box::new(ws_messages.clone())).expect("register");
-        registry.register(Box::new(ws_errors.clone())).expect("register");
+        registry
+            .register(Box::new(joins.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(ws_messages.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(ws_errors.clone()))
+            .expect("register");
         registry
             .register(Box::new(Snapshot { rooms, sfu }))
             .expect("register");
@@ -86,15 +96,47 @@ impl Collector for Snapshot {
             gauge("rooms", "Open rooms", rooms as u64),
             gauge("participants", "Participants in rooms", participants as u64),
             gauge("tracks", "Published tracks", media.tracks as u64),
-            gauge("subscriptions", "Forwarded track-subscriber pairs", media.subscriptions as u64),
-            counter("forwarded_packets_total", "RTP packets forwarded", r.forwarded_packets),
-            counter("forwarded_bytes_total", "RTP payload bytes forwarded", r.forwarded_bytes),
-            counter("dropped_packets_total", "RTP packets not forwarded to a subscriber", r.dropped_packets),
-            counter("nacks_received_total", "NACK feedback from subscribers", r.nacks_received),
-            counter("keyframe_requests_received_total", "PLI/FIR from subscribers", r.keyframe_requests_received),
+            gauge(
+                "subscriptions",
+                "Forwarded track-subscriber pairs",
+                media.subscriptions as u64,
+            ),
+            counter(
+                "forwarded_packets_total",
+                "RTP packets forwarded",
+                r.forwarded_packets,
+            ),
+            counter(
+                "forwarded_bytes_total",
+                "RTP payload bytes forwarded",
+                r.forwarded_bytes,
+            ),
+            counter(
+                "dropped_packets_total",
+                "RTP packets not forwarded to a subscriber",
+                r.dropped_packets,
+            ),
+            counter(
+                "nacks_received_total",
+                "NACK feedback from subscribers",
+                r.nacks_received,
+            ),
+            counter(
+                "keyframe_requests_received_total",
+                "PLI/FIR from subscribers",
+                r.keyframe_requests_received,
+            ),
             counter("plis_sent_total", "PLIs sent to publishers", r.plis_sent),
-            counter("unroutable_datagrams_total", "Datagrams matching no peer connection", r.unroutable_datagrams),
-            counter("dropped_chat_messages_total", "Chat messages refused", r.dropped_chat_messages),
+            counter(
+                "unroutable_datagrams_total",
+                "Datagrams matching no peer connection",
+                r.unroutable_datagrams,
+            ),
+            counter(
+                "dropped_chat_messages_total",
+                "Chat messages refused",
+                r.dropped_chat_messages,
+            ),
         ]
         .into_iter()
         .flatten()

@@ -107,7 +107,10 @@ impl Registry {
             closed: false,
         });
         if entry.closed {
-            return Err(ProtocolError::new(ErrorCode::RoomClosed, "this room has been closed"));
+            return Err(ProtocolError::new(
+                ErrorCode::RoomClosed,
+                "this room has been closed",
+            ));
         }
         if entry
             .max_participants
@@ -116,7 +119,12 @@ impl Registry {
             return Err(ProtocolError::new(ErrorCode::RoomFull, "this room is full"));
         }
         entry.members.push(view.id);
-        let others: Vec<ParticipantId> = entry.members.iter().copied().filter(|m| *m != view.id).collect();
+        let others: Vec<ParticipantId> = entry
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != view.id)
+            .collect();
         let mut views = Vec::new();
         for other in others {
             if let Some(member) = inner.members.get(&other) {
@@ -221,7 +229,10 @@ impl Registry {
 
     /// The identity of a participant, if present.
     pub fn identity(&self, id: ParticipantId) -> Option<String> {
-        self.lock().members.get(&id).map(|m| m.view.identity.clone())
+        self.lock()
+            .members
+            .get(&id)
+            .map(|m| m.view.identity.clone())
     }
 
     /// Creates (or reopens) a room with an optional participant limit.
@@ -275,7 +286,10 @@ impl Registry {
                 deliver(
                     &m.session,
                     SessionSignal::Close(
-                        ProtocolError::new(ErrorCode::RoomClosed, "the room was closed by an administrator"),
+                        ProtocolError::new(
+                            ErrorCode::RoomClosed,
+                            "the room was closed by an administrator",
+                        ),
                         LeaveReason::RoomClosed,
                     ),
                 );
@@ -355,7 +369,10 @@ mod tests {
         assert!(reg.remove(ParticipantId(2), LeaveReason::Disconnected));
         assert!(matches!(
             rx1.try_recv().unwrap(),
-            SessionSignal::Send(ServerMessage::ParticipantLeft { reason: LeaveReason::Disconnected, .. })
+            SessionSignal::Send(ServerMessage::ParticipantLeft {
+                reason: LeaveReason::Disconnected,
+                ..
+            })
         ));
         assert!(!reg.remove(ParticipantId(2), LeaveReason::Left));
     }
@@ -366,10 +383,18 @@ mod tests {
         reg.create_room("small", Some(1));
         let (tx, mut rx) = mpsc::channel(8);
         reg.admit(view(1), "small", tx.clone()).unwrap();
-        assert_eq!(reg.admit(view(2), "small", tx.clone()).unwrap_err().code, ErrorCode::RoomFull);
+        assert_eq!(
+            reg.admit(view(2), "small", tx.clone()).unwrap_err().code,
+            ErrorCode::RoomFull
+        );
         assert!(reg.close_room("small"));
-        assert!(matches!(rx.try_recv().unwrap(), SessionSignal::Close(e, LeaveReason::RoomClosed) if e.code == ErrorCode::RoomClosed));
-        assert_eq!(reg.admit(view(3), "small", tx).unwrap_err().code, ErrorCode::RoomClosed);
+        assert!(
+            matches!(rx.try_recv().unwrap(), SessionSignal::Close(e, LeaveReason::RoomClosed) if e.code == ErrorCode::RoomClosed)
+        );
+        assert_eq!(
+            reg.admit(view(3), "small", tx).unwrap_err().code,
+            ErrorCode::RoomClosed
+        );
         assert!(reg.rooms().is_empty());
     }
 
@@ -380,6 +405,8 @@ mod tests {
         reg.admit(view(1), "a", tx).unwrap();
         assert!(!reg.kick("b", ParticipantId(1)));
         assert!(reg.kick("a", ParticipantId(1)));
-        assert!(matches!(rx.try_recv().unwrap(), SessionSignal::Close(e, LeaveReason::Removed) if e.code == ErrorCode::Removed));
+        assert!(
+            matches!(rx.try_recv().unwrap(), SessionSignal::Close(e, LeaveReason::Removed) if e.code == ErrorCode::Removed)
+        );
     }
 }

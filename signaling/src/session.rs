@@ -147,7 +147,10 @@ async fn handle(
         return Ok(Next::Continue);
     };
     match message {
-        ClientMessage::Join { .. } => Err(ProtocolError::new(ErrorCode::AlreadyJoined, "already joined")),
+        ClientMessage::Join { .. } => Err(ProtocolError::new(
+            ErrorCode::AlreadyJoined,
+            "already joined",
+        )),
         ClientMessage::PublishOffer { sdp, tracks } => {
             if !me.role.can_publish() {
                 return Err(ProtocolError::new(
@@ -182,7 +185,10 @@ async fn join(
     room: &str,
 ) -> Result<(Joined, ServerMessage), ProtocolError> {
     if !state.join_limiter.allow(peer_ip, Instant::now()) {
-        return Err(ProtocolError::new(ErrorCode::RateLimited, "too many joins from this address"));
+        return Err(ProtocolError::new(
+            ErrorCode::RateLimited,
+            "too many joins from this address",
+        ));
     }
     let claims = state
         .keys
@@ -192,7 +198,10 @@ async fn join(
             TokenError::Expired => ProtocolError::new(ErrorCode::TokenExpired, e.to_string()),
         })?;
     if claims.room != room {
-        return Err(ProtocolError::new(ErrorCode::WrongRoom, "the token is for another room"));
+        return Err(ProtocolError::new(
+            ErrorCode::WrongRoom,
+            "the token is for another room",
+        ));
     }
     let view = ParticipantView {
         id: ParticipantId::random(),
@@ -227,7 +236,9 @@ async fn join(
 }
 
 /// Maps the media loop's answer to a protocol error.
-fn media<T>(result: Result<Result<T, SfuError>, sfu::shell::MediaLoopGone>) -> Result<T, ProtocolError> {
+fn media<T>(
+    result: Result<Result<T, SfuError>, sfu::shell::MediaLoopGone>,
+) -> Result<T, ProtocolError> {
     match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(SfuError::InvalidSdp(why))) => Err(ProtocolError::new(ErrorCode::InvalidSdp, why)),
@@ -235,7 +246,9 @@ fn media<T>(result: Result<Result<T, SfuError>, sfu::shell::MediaLoopGone>) -> R
             ErrorCode::InvalidSdp,
             "no subscribe offer is waiting for an answer",
         )),
-        Ok(Err(SfuError::PublishForbidden)) => Err(ProtocolError::new(ErrorCode::Forbidden, "may not publish")),
+        Ok(Err(SfuError::PublishForbidden)) => {
+            Err(ProtocolError::new(ErrorCode::Forbidden, "may not publish"))
+        }
         Ok(Err(e)) => Err(ProtocolError::new(ErrorCode::Internal, e.to_string())),
         Err(e) => Err(ProtocolError::new(ErrorCode::Internal, e.to_string())),
     }
@@ -248,7 +261,11 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axu
 
 async fn send_error(socket: &mut WebSocket, state: &AppState, e: ProtocolError) {
     debug!(code = e.code.as_str(), "protocol error");
-    state.metrics.ws_errors.with_label_values(&[e.code.as_str()]).inc();
+    state
+        .metrics
+        .ws_errors
+        .with_label_values(&[e.code.as_str()])
+        .inc();
     let _ = send(socket, &e.into()).await;
 }
 

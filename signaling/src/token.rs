@@ -111,7 +111,14 @@ impl TokenKeys {
     }
 
     /// Issues a token valid for `ttl` from `now`.
-    pub fn issue(&self, room: &str, identity: &str, role: Role, ttl: Duration, now: SystemTime) -> String {
+    pub fn issue(
+        &self,
+        room: &str,
+        identity: &str,
+        role: Role,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> String {
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let claims = Claims {
             sub: identity.to_owned(),
@@ -161,7 +168,13 @@ mod tests {
     fn issued_token_verifies_with_its_claims() {
         let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
         let now = UNIX_EPOCH + T0;
-        let token = keys.issue("consult-1", "Dr Li", Role::Specialist, Duration::from_secs(60), now);
+        let token = keys.issue(
+            "consult-1",
+            "Dr Li",
+            Role::Specialist,
+            Duration::from_secs(60),
+            now,
+        );
         let claims = keys.verify(&token, now).unwrap();
         assert_eq!(claims.room, "consult-1");
         assert_eq!(claims.sub, "Dr Li");
