@@ -333,6 +333,12 @@ impl Router {
             self.unpublish(now, &key);
         }
         self.process(now, (id, PcKind::Publisher));
+        // A track whose SSRC the offer already names is published now rather than on its
+        // first packet; this also republishes a reused transceiver (a screen share stopped
+        // and started again), whose receiver never opens a second time.
+        for (receiver_id, track_id, ssrc) in self.unpublished_receivers(id, &sending) {
+            self.publish(now, id, receiver_id, track_id, ssrc);
+        }
         Ok(PublishAnswer { sdp })
     }
 
@@ -590,7 +596,7 @@ impl Router {
                     let any = packet.as_any();
                     if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                         self.stats.keyframe_requests_received += 1;
-                        self.request_keyframe(now, &track_key);
+                        self.request_keyframe(now, &track_key, Throttle::Yes);
                     } else if any.is::<TransportLayerNack>() {
                         self.stats.nacks_received += 1;
                     }
@@ -694,6 +700,40 @@ impl Router {
                 warn!(participant = %member, error = %e, "subscribing failed");
             }
         }
+    }
+
+    /// Receivers of `publisher` that the last offer sends on, that have a known SSRC, and
+    /// that are not published yet.
+    fn unpublished_receivers(
+        &mut self,
+        publisher: ParticipantId,
+        sending: &HashSet<String>,
+    ) -> Vec<(RTCRtpReceiverId, String, u32)> {
+        let Some(pc) = self
+            .participants
+            .get_mut(&publisher)
+            .and_then(|p| p.publisher.as_mut())
+        else {
+            return Vec::new();
+        };
+        let receiver_ids: Vec<RTCRtpReceiverId> = pc.get_receivers().collect();
+        receiver_ids
+            .into_iter()
+            .filter_map(|receiver_id| {
+                let receiver = pc.rtp_receiver(receiver_id)?;
+                let track = receiver.track();
+                let track_id = track.track_id().clone();
+                let published = self.tracks.contains_key(&(publisher, track_id.clone()));
+                (!published && sending.contains(&track_id))
+                    .then(|| {
+                        track
+                            .ssrcs()
+                            .next()
+                            .map(|ssrc| (receiver_id, track_id, ssrc))
+                    })
+                    .flatten()
+            })
+            .collect()
     }
 
     /// Removes a published track and its subscriptions, renegotiating each subscriber.
@@ -805,7 +845,8 @@ impl Router {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
-        for track in self.tracks.values_mut() {
+        let mut new_video = Vec::new();
+        for (key, track) in self.tracks.iter_mut() {
             for sub in track
                 .subscriptions
                 .iter_mut()
@@ -845,16 +886,14 @@ impl Router {
                     extensions,
                 });
                 if first && track.info.kind == TrackKind::Video && p.subscriber_connected {
-                    track.last_keyframe_request = None;
+                    new_video.push(key.clone());
                 }
             }
         }
-        if self
-            .participants
-            .get(&id)
-            .is_some_and(|p| p.subscriber_connected)
-        {
-            self.request_keyframes_for(now, id);
+        // A subscription that starts on a live connection needs a keyframe now; one on a
+        // connection still coming up gets it when the connection is up.
+        for key in new_video {
+            self.request_keyframe(now, &key, Throttle::No);
         }
     }
 
@@ -931,21 +970,23 @@ impl Router {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            self.request_keyframe(now, &key);
+            self.request_keyframe(now, &key, Throttle::No);
         }
     }
 
-    /// Sends a PLI to a track's publisher, at most once per `keyframe_request_interval`.
-    fn request_keyframe(&mut self, now: Instant, key: &TrackKey) {
+    /// Sends a PLI to a track's publisher. Requests relayed from subscribers are throttled
+    /// to one per `keyframe_request_interval`; the router's own (a subscription starting, a
+    /// subscriber connecting) are not, since each is needed by someone who has no picture yet
+    /// and they come only with joins and renegotiations.
+    fn request_keyframe(&mut self, now: Instant, key: &TrackKey, throttle: Throttle) {
         let interval = self.config.keyframe_request_interval;
         let Some(track) = self.tracks.get_mut(key) else {
             return;
         };
-        if track.info.kind != TrackKind::Video
-            || track
-                .last_keyframe_request
-                .is_some_and(|t| now.saturating_duration_since(t) < interval)
-        {
+        let recent = track
+            .last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < interval);
+        if track.info.kind != TrackKind::Video || (throttle == Throttle::Yes && recent) {
             return;
         }
         let Some(mut receiver) = self
@@ -969,6 +1010,13 @@ impl Router {
         }
         self.mark_dirty((key.0, PcKind::Publisher));
     }
+}
+
+/// Whether a keyframe request obeys the per-track throttle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Throttle {
+    Yes,
+    No,
 }
 
 /// Track ids (the `a=msid` track part) of the m-lines an offer actually sends on.
