@@ -419,6 +419,8 @@ impl Router {
                 continue;
             };
             let (Some(chat), true) = (p.chat, p.chat_open) else {
+                // Its channel is not open yet: the message cannot reach it.
+                self.stats.dropped_chat_messages += 1;
                 continue;
             };
             if let Some(mut dc) = p.subscriber.data_channel(chat)

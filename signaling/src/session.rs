@@ -25,6 +25,8 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
 /// Messages a client may send per second before it is cut off.
 pub const MAX_MESSAGES_PER_SECOND: u32 = 50;
 
+/// How long a closing session waits for the client's close reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// WebSocket close code for "message too big" (RFC 6455).
 const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code for "policy violation" (RFC 6455).
@@ -280,4 +282,15 @@ async fn close_with(socket: &mut WebSocket, state: &AppState, e: ProtocolError) 
     let _ = socket
         .send(Message::Close(Some(CloseFrame { code, reason })))
         .await;
+    // Read until the client's close reply (bounded): dropping a socket with unread input
+    // makes the kernel reset the connection, which can destroy the error and close frame
+    // still on their way to the client.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
