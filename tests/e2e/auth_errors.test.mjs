@@ -4,24 +4,22 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, safeJson, sleep } from './lib/server.mjs';
-import { RawClient, sampleOffer } from './lib/ws.mjs';
+import { RawClientPool, sampleOffer } from './lib/ws.mjs';
 
 let server;
-const raws = [];
+const raws = new RawClientPool();
 
 before(async () => {
   server = await startServer({ name: 'auth_errors' });
 }, { timeout: 60_000 });
 
 after(async () => {
-  for (const r of raws) r.terminate();
+  raws.terminateAll();
   await server?.stop();
 });
 
-async function connect() {
-  const c = await RawClient.connect(server.wsUrl);
-  raws.push(c);
-  return c;
+function connect() {
+  return raws.connect(server.wsUrl);
 }
 
 /** Sends `join` and expects error `code`, then the socket closed by the server. */

@@ -8,29 +8,28 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, safeJson } from './lib/server.mjs';
-import { RawClient } from './lib/ws.mjs';
+import { RawClientPool } from './lib/ws.mjs';
 import { api, describeResponse } from './lib/api.mjs';
 import { launchBrowser } from './lib/browser.mjs';
 
 const ATTEMPTS = 8;
 let server;
 let browser;
-const raws = [];
+const raws = new RawClientPool();
 
 before(async () => {
   server = await startServer({ name: 'fatal_close' });
 }, { timeout: 60_000 });
 
 after(async () => {
-  for (const r of raws) r.terminate();
+  raws.terminateAll();
   await browser?.close();
   await server?.stop();
 });
 
 /** Sends join then `extra` frames at once; returns what arrived and how the socket closed. */
 async function refusedJoin(token, room, extra) {
-  const c = await RawClient.connect(server.wsUrl);
-  raws.push(c);
+  const c = await raws.connect(server.wsUrl);
   c.send({ type: 'join', token, room });
   for (let k = 0; k < extra; k++) c.send({ type: 'leave' });
   const closed = await c.closed(5000);
@@ -52,8 +51,7 @@ async function expectAllDelivered(what, code, run) {
 test('room_full reaches a client that pipelined frames after join (error, then close 1008)', { timeout: 30_000 }, async () => {
   const r = await api(server, 'POST', '/api/rooms', { body: { name: 'fatal-full', max_participants: 1 } });
   assert.equal(r.status, 201, describeResponse(r));
-  const first = await RawClient.connect(server.wsUrl);
-  raws.push(first);
+  const first = await raws.connect(server.wsUrl);
   await first.join(await server.token({ room: 'fatal-full', identity: 'dr-in', role: 'clinic' }), 'fatal-full');
   const token = await server.token({ room: 'fatal-full', identity: 'dr-out', role: 'clinic' });
   // Control: without pipelined frames.

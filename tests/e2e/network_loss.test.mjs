@@ -5,23 +5,22 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, safeJson } from './lib/server.mjs';
-import { RawClient } from './lib/ws.mjs';
+import { RawClientPool } from './lib/ws.mjs';
 
 let server;
-const raws = [];
+const raws = new RawClientPool();
 
 before(async () => {
   server = await startServer({ name: 'network_loss' });
 }, { timeout: 60_000 });
 
 after(async () => {
-  for (const r of raws) r.terminate();
+  raws.terminateAll();
   await server?.stop();
 });
 
 async function joinAs(identity) {
-  const c = await RawClient.connect(server.wsUrl);
-  raws.push(c);
+  const c = await raws.connect(server.wsUrl);
   const token = await server.token({ room: 'netloss', identity, role: 'clinic' });
   c.send({ type: 'join', token, room: 'netloss' });
   const joined = await c.next((m) => m.type === 'joined' || m.type === 'error', { timeout: 5000 });

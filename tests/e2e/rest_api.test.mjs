@@ -5,11 +5,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, waitFor, safeJson, sleep } from './lib/server.mjs';
-import { RawClient } from './lib/ws.mjs';
+import { RawClientPool } from './lib/ws.mjs';
 import { api, describeResponse, metrics, metricsText, metricValue } from './lib/api.mjs';
 
 let server;
-const raws = [];
+const raws = new RawClientPool();
 /** Joins accepted so far in this file (for medrelay_joins_total). */
 let acceptedJoins = 0;
 
@@ -18,14 +18,12 @@ before(async () => {
 }, { timeout: 60_000 });
 
 after(async () => {
-  for (const r of raws) r.terminate();
+  raws.terminateAll();
   await server?.stop();
 });
 
-async function connect() {
-  const c = await RawClient.connect(server.wsUrl);
-  raws.push(c);
-  return c;
+function connect() {
+  return raws.connect(server.wsUrl);
 }
 
 /** Mints a token through the REST API (asserting 201 {token}). */

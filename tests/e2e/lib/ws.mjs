@@ -167,3 +167,21 @@ export function sampleOffer(trackId = 'e2e-video-track', streamId = 'e2e-stream'
     '',
   ].join('\r\n');
 }
+
+/** The raw clients one test file opens, so that its `after` hook can end them all. */
+export class RawClientPool {
+  constructor() {
+    this.clients = [];
+  }
+
+  /** Opens a client on `wsUrl` and keeps it for `terminateAll`. */
+  async connect(wsUrl) {
+    const c = await RawClient.connect(wsUrl);
+    this.clients.push(c);
+    return c;
+  }
+
+  terminateAll() {
+    for (const c of this.clients.splice(0)) c.terminate();
+  }
+}
