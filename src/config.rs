@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// REST API key [default: generated into DATA_DIR/api.key].
     #[arg(long, env = "MEDRELAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Seconds of recent telemetry each ambulance stream keeps in memory [default: 120].
+    #[arg(long, env = "MEDRELAY_TELEMETRY_RING_SECONDS")]
+    pub telemetry_ring_seconds: Option<u32>,
 }
 
 /// The same settings as read from the TOML file.
@@ -54,6 +57,7 @@ struct FileConfig {
     tls_self_signed: Option<bool>,
     insecure: Option<bool>,
     api_key: Option<String>,
+    telemetry_ring_seconds: Option<u32>,
 }
 
 /// How HTTPS is provided.
@@ -76,6 +80,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub tls: Tls,
     pub api_key: Option<String>,
+    pub telemetry_ring_seconds: u32,
 }
 
 /// Why the configuration cannot be used.
@@ -143,6 +148,11 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from("medrelay-data")),
             tls,
             api_key: self.api_key.or(file.api_key),
+            telemetry_ring_seconds: self
+                .telemetry_ring_seconds
+                .or(file.telemetry_ring_seconds)
+                .unwrap_or(120)
+                .clamp(10, 3600),
         })
     }
 }

@@ -1,7 +1,8 @@
 //! `medrelay`: the whole server in one binary (signaling, SFU, pages) and its tools.
 //!
 //! - `medrelay serve` runs everything with embedded defaults;
-//! - `medrelay token` prints a signed join token.
+//! - `medrelay token` prints a signed token (consult room, ambulance, or ER console);
+//! - `medrelay ambulance` runs the ambulance agent that streams a monitor to the gateway.
 
 mod config;
 mod pages;
@@ -10,7 +11,7 @@ mod secrets;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::{ServeArgs, Tls};
-use signaling::token::{Role, TokenKeys};
+use signaling::token::{Role, Scope, TokenKeys};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -28,18 +29,23 @@ struct Cli {
 enum Command {
     /// Run signaling, the SFU and the web pages.
     Serve(ServeArgs),
-    /// Print a signed join token for a room.
+    /// Print a signed token for a consult room, an ambulance stream or an ER console.
     Token(TokenArgs),
+    /// Stream an ambulance's monitor to the hospital gateway (store and forward).
+    Ambulance(ambulance_gateway::agent::AgentArgs),
 }
 
 #[derive(clap::Args)]
 struct TokenArgs {
-    /// The room the token admits to.
+    /// The consult room the token admits to.
     #[arg(long)]
-    room: String,
-    /// The participant's display name.
+    room: Option<String>,
+    /// The ambulance stream the token may send (role crew) or view (er, specialist).
     #[arg(long)]
-    identity: String,
+    ambulance: Option<String>,
+    /// The holder's display name (defaults to the ambulance id).
+    #[arg(long, required_unless_present = "ambulance")]
+    identity: Option<String>,
     /// specialist, clinic, crew, er or observer.
     #[arg(long)]
     role: Role,
@@ -71,21 +77,27 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(serve(config))
         }
+        Command::Ambulance(args) => Ok(ambulance_gateway::agent::run(args)?),
         Command::Token(args) => {
             let secret = secrets::load_or_create(&args.data_dir, "signing.key", SIGNING_KEY_BYTES)
                 .with_context(|| {
                     format!("reading the signing key in {}", args.data_dir.display())
                 })?;
             let keys = TokenKeys::new(&hex::decode(secret)?);
+            let identity = args
+                .identity
+                .or_else(|| args.ambulance.clone())
+                .expect("clap requires --identity without --ambulance");
+            if args.room.is_none() && args.ambulance.is_none() && args.role == Role::Crew {
+                anyhow::bail!("a crew token names its ambulance: add --ambulance ID");
+            }
+            let scope = Scope {
+                room: args.room,
+                ambulance: args.ambulance,
+            };
             println!(
                 "{}",
-                keys.issue(
-                    &args.room,
-                    &args.identity,
-                    args.role,
-                    args.ttl,
-                    SystemTime::now()
-                )
+                keys.issue(&scope, &identity, args.role, args.ttl, SystemTime::now())
             );
             Ok(())
         }
@@ -105,12 +117,24 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip)
         .await
         .with_context(|| format!("binding the media socket {media_bind}"))?;
-    let state = signaling::AppState::new(keys, api_key, sfu);
+    let state = signaling::AppState::new(keys.clone(), api_key, sfu);
     tokio::spawn(signaling::dispatch(state.clone(), events));
+    let gateway = ambulance_gateway::gateway::Gateway::start(
+        ambulance_gateway::gateway::GatewayConfig {
+            data_dir: config.data_dir.clone(),
+            ring_seconds: config.telemetry_ring_seconds,
+        },
+        keys,
+    );
+    gateway.register_metrics(&state.metrics);
 
-    let app = signaling::routes(state)
-        .merge(pages::routes())
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = signaling::routes(
+        state,
+        <ambulance_gateway::gateway::http::TelemetryApi as utoipa::OpenApi>::openapi(),
+    )
+    .merge(ambulance_gateway::gateway::http::routes(gateway))
+    .merge(pages::routes())
+    .into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {

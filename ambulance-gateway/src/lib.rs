@@ -1,3 +1,11 @@
-//! Ambulance telemetry gateway: ingest, ring buffers, fan-out and alarms.
+//! Ambulance telemetry, both ends of the link (`docs/telemetry.md`):
 //!
-//! Not built yet: this crate reserves its place in the workspace. Issue 3 fills it.
+//! - [`wire`]: the frame format and control messages agents, the gateway and viewers share;
+//! - [`agent`]: `medrelay ambulance`, on the ambulance's computer: sources (recorded
+//!   waveforms, a simulator), the disk spool (store and forward) and the uplink;
+//! - [`gateway`]: in the hospital, inside `medrelay serve`: ingest with deduplication,
+//!   ordering and durable acknowledgement, ring buffers, fan-out to viewers, alarms.
+
+pub mod agent;
+pub mod gateway;
+pub mod wire;

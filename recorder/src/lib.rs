@@ -1,3 +1,8 @@
-//! Recorder: consult media and telemetry to standard files, with an audit trail.
+//! Recorder: durable records for medrelay.
 //!
-//! Not built yet: this crate reserves its place in the workspace. Issue 5 fills it.
+//! [`journal`] is a crash-safe, append-only log of records in segment files: the hospital
+//! gateway keeps each ambulance stream in one, and the ambulance agent's disk spool (its
+//! store-and-forward queue) is one. Recording consults to standard files and the audit trail
+//! (issue 5) will live here too.
+
+pub mod journal;

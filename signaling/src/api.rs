@@ -3,7 +3,7 @@
 
 use crate::AppState;
 use crate::registry::{ParticipantDetail, RoomView};
-use crate::token::{MAX_NAME_LEN, Role};
+use crate::token::{MAX_NAME_LEN, Role, Scope};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -177,9 +177,13 @@ async fn create_token(
         return Err(ApiError::BadRequest("invalid room name or identity".into()));
     }
     let ttl = Duration::from_secs(body.ttl_seconds.unwrap_or(7200).clamp(1, 7 * 24 * 3600));
-    let token = state
-        .keys
-        .issue(&room, &body.identity, body.role, ttl, SystemTime::now());
+    let token = state.keys.issue(
+        &Scope::room(&room),
+        &body.identity,
+        body.role,
+        ttl,
+        SystemTime::now(),
+    );
     Ok((StatusCode::CREATED, Json(TokenResponse { token })))
 }
 

@@ -64,15 +64,19 @@ impl AppState {
 }
 
 /// The signaling routes: `/ws`, `/api/…`, `/openapi.json`, `/metrics`, `/healthz`.
-/// Serve with `into_make_service_with_connect_info::<SocketAddr>()`.
-pub fn routes(state: Arc<AppState>) -> Router {
+/// `/openapi.json` serves [`api::ApiDoc`] merged with `more` (other components' REST
+/// descriptions). Serve with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn routes(state: Arc<AppState>, more: utoipa::openapi::OpenApi) -> Router {
+    let mut doc = api::ApiDoc::openapi();
+    doc.merge(more);
+    let doc = Arc::new(doc);
     Router::new()
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .route(
             "/openapi.json",
-            get(|| async { axum::Json(api::ApiDoc::openapi()) }),
+            get(move || async move { axum::Json(doc.as_ref().clone()) }),
         )
         .merge(api::routes(state.clone()))
         .with_state(state)

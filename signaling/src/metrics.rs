@@ -55,6 +55,11 @@ impl Metrics {
         }
     }
 
+    /// Adds another component's metrics (e.g. the telemetry gateway's) to `/metrics`.
+    pub fn register(&self, collector: Box<dyn Collector>) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

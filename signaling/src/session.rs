@@ -199,7 +199,7 @@ async fn join(
             TokenError::Invalid => ProtocolError::new(ErrorCode::BadToken, e.to_string()),
             TokenError::Expired => ProtocolError::new(ErrorCode::TokenExpired, e.to_string()),
         })?;
-    if claims.room != room {
+    if claims.room.is_empty() || claims.room != room {
         return Err(ProtocolError::new(
             ErrorCode::WrongRoom,
             "the token is for another room",

@@ -1,4 +1,5 @@
-//! Join tokens: signed (HS256) claims naming a room, an identity and a role.
+//! Tokens: signed (HS256) claims naming an identity, a role and what they grant: a consult
+//! room, an ambulance's telemetry stream, or (for ER and specialist consoles) neither.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -65,13 +66,36 @@ impl FromStr for Role {
     }
 }
 
-/// The signed content of a join token.
+/// What a token grants access to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The consult room it admits to.
+    pub room: Option<String>,
+    /// The ambulance stream it may send (crew) or view (er, specialist).
+    pub ambulance: Option<String>,
+}
+
+impl Scope {
+    /// A consult room only.
+    pub fn room(room: &str) -> Self {
+        Self {
+            room: Some(room.to_owned()),
+            ambulance: None,
+        }
+    }
+}
+
+/// The signed content of a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// The participant's display name.
     pub sub: String,
-    /// The room the token admits to.
+    /// The room the token admits to; empty when it names none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub room: String,
+    /// The ambulance stream the token grants, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ambulance: Option<String>,
     /// The participant's role.
     pub role: Role,
     /// Issued at, seconds since the Unix epoch.
@@ -110,10 +134,10 @@ impl TokenKeys {
         }
     }
 
-    /// Issues a token valid for `ttl` from `now`.
+    /// Issues a token for `scope` valid for `ttl` from `now`.
     pub fn issue(
         &self,
-        room: &str,
+        scope: &Scope,
         identity: &str,
         role: Role,
         ttl: Duration,
@@ -122,7 +146,8 @@ impl TokenKeys {
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let claims = Claims {
             sub: identity.to_owned(),
-            room: room.to_owned(),
+            room: scope.room.clone().unwrap_or_default(),
+            ambulance: scope.ambulance.clone(),
             role,
             iat,
             exp: iat + ttl.as_secs(),
@@ -143,10 +168,15 @@ impl TokenKeys {
                 _ => TokenError::Invalid,
             })?
             .claims;
+        let ambulance = claims.ambulance.as_deref();
+        // A token without a room or an ambulance is a console token: only ER staff and
+        // specialists get those; a crew token always names its ambulance.
+        let scoped = !claims.room.is_empty() || ambulance.is_some();
         if claims.sub.is_empty()
-            || claims.room.is_empty()
             || claims.sub.len() > MAX_NAME_LEN
             || claims.room.len() > MAX_NAME_LEN
+            || ambulance.is_some_and(|a| a.is_empty() || a.len() > MAX_NAME_LEN)
+            || (!scoped && !matches!(claims.role, Role::Er | Role::Specialist))
         {
             return Err(TokenError::Invalid);
         }
@@ -169,7 +199,7 @@ mod tests {
         let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
         let now = UNIX_EPOCH + T0;
         let token = keys.issue(
-            "consult-1",
+            &Scope::room("consult-1"),
             "Dr Li",
             Role::Specialist,
             Duration::from_secs(60),
@@ -186,7 +216,13 @@ mod tests {
         let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
         let other = TokenKeys::new(b"another secret of enough length!!");
         let now = UNIX_EPOCH + T0;
-        let token = keys.issue("r", "a", Role::Clinic, Duration::from_secs(60), now);
+        let token = keys.issue(
+            &Scope::room("r"),
+            "a",
+            Role::Clinic,
+            Duration::from_secs(60),
+            now,
+        );
         assert_eq!(
             keys.verify(&token, now + Duration::from_secs(61)),
             Err(TokenError::Expired)
@@ -196,6 +232,31 @@ mod tests {
         tampered.insert(tampered.len() - 3, 'x');
         assert_eq!(keys.verify(&tampered, now), Err(TokenError::Invalid));
         assert_eq!(keys.verify("not a token", now), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn console_tokens_only_for_er_and_specialists_and_crew_tokens_name_an_ambulance() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let now = UNIX_EPOCH + T0;
+        let ttl = Duration::from_secs(60);
+        let console = Scope::default();
+        for (role, ok) in [
+            (Role::Er, true),
+            (Role::Specialist, true),
+            (Role::Crew, false),
+        ] {
+            let token = keys.issue(&console, "x", role, ttl, now);
+            assert_eq!(keys.verify(&token, now).is_ok(), ok, "{role}");
+        }
+        let crew = Scope {
+            room: None,
+            ambulance: Some("AMB-7".into()),
+        };
+        let claims = keys
+            .verify(&keys.issue(&crew, "AMB-7", Role::Crew, ttl, now), now)
+            .unwrap();
+        assert_eq!(claims.ambulance.as_deref(), Some("AMB-7"));
+        assert_eq!(claims.room, "");
     }
 
     #[test]

@@ -1,0 +1,502 @@
+//! The agent's async shell: it paces the source in real time, writes the spool, owns the
+//! WebSocket and the timers, and carries out what the [`Uplink`] core asks for.
+
+use super::simulator::Simulator;
+use super::source::{FRAMES_PER_SEC, Framer, Produced, RawSource, Source};
+use super::spool::{SEGMENT_BYTES, Spool};
+use super::uplink::{AgentClock, Output, Uplink, UplinkConfig};
+use super::{AgentError, Settings, SourceSpec};
+use crate::wire::GatewayControl;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Request, header::AUTHORIZATION};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tracing::{info, warn};
+
+/// How long opening a connection (TCP, TLS, upgrade) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interval of the progress log.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a connection attempt failed.
+enum ConnectError {
+    /// The gateway answered the upgrade with 401 or 403.
+    Refused { status: u16, message: String },
+    /// Anything else (network, TLS, timeout, another status): retry later.
+    Other(String),
+}
+
+/// What the connection tasks report to the main loop; each carries its connection's id.
+enum Event {
+    Connected(u64, Box<Ws>),
+    ConnectFailed(u64, ConnectError),
+    Message(u64, Message),
+    Closed(u64, String),
+}
+
+/// An open connection: a writer task fed by `tx` and a reader task feeding events.
+struct Conn {
+    id: u64,
+    tx: mpsc::UnboundedSender<Message>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Conn {
+    /// Drops the connection at once.
+    fn abort(self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+
+    /// Sends a close message and gives the writer a moment to deliver it.
+    async fn close(self) {
+        let _ = self.tx.send(Message::Close(None));
+        drop(self.tx);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer).await;
+        self.reader.abort();
+    }
+}
+
+/// Everything the main loop owns.
+struct Agent {
+    settings: Settings,
+    request: Request<()>,
+    connector: Connector,
+    clock: AgentClock,
+    spool: Spool,
+    uplink: Uplink,
+    /// The source until production starts, then the framer that reads it.
+    source: Option<Box<dyn Source>>,
+    framer: Option<Framer>,
+    /// When the source's first sample of this run was (is to be) captured.
+    origin: Instant,
+    /// Source index of this run's first sample.
+    start_position: u64,
+    events: mpsc::UnboundedSender<Event>,
+    conn: Option<Conn>,
+    connecting: Option<u64>,
+    next_conn_id: u64,
+}
+
+/// Runs the agent (see [`super::run`]).
+pub(super) async fn run(settings: Settings) -> Result<(), AgentError> {
+    let connector = Connector::Rustls(tls_config(settings.ca.as_deref())?);
+    let mut request = settings
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| AgentError::Usage(format!("--gateway: {e}")))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", settings.token)).map_err(|_| {
+        AgentError::Usage("the token has characters not allowed in a header".into())
+    })?;
+    request.headers_mut().insert(AUTHORIZATION, bearer);
+    let source: Box<dyn Source> = match &settings.source {
+        SourceSpec::Raw(spec) => Box::new(RawSource::open(spec.clone())?),
+        SourceSpec::Simulated(cfg) => Box::new(Simulator::new(*cfg)?),
+    };
+    let (spool, recovered) = Spool::open(
+        &settings.spool,
+        &settings.stream,
+        &source.identity(),
+        SEGMENT_BYTES,
+    )?;
+    info!(
+        stream = %settings.stream,
+        gateway = %settings.url,
+        spool = %settings.spool.display(),
+        backlog = recovered.frames.len(),
+        next_seq = recovered.next_seq,
+        position = recovered.position,
+        "ambulance agent starting"
+    );
+    let frames_per_sec = (FRAMES_PER_SEC + u64::from(source.has_numerics())) as f64;
+    let clock = AgentClock::system();
+    let now = Instant::now();
+    let cfg = UplinkConfig {
+        backlog_frames_per_sec: settings.backlog_rate * frames_per_sec,
+        ..UplinkConfig::default()
+    };
+    let mut uplink = Uplink::new(cfg, clock, settings.stream.clone(), now, rand::random());
+    for (seq, bytes) in recovered.frames {
+        uplink.frame_produced(seq, bytes, now);
+    }
+    let (events, mut inbox) = mpsc::unbounded_channel();
+    let mut agent = Agent {
+        settings,
+        request,
+        connector,
+        clock,
+        spool,
+        uplink,
+        source: Some(source),
+        framer: None,
+        origin: now,
+        start_position: recovered.position,
+        events,
+        conn: None,
+        connecting: None,
+        next_conn_id: 0,
+    };
+    if recovered.fresh {
+        info!(
+            "new spool: waiting for the gateway's welcome to learn where the stream's sequence stands"
+        );
+    } else {
+        agent.start_source(recovered.next_seq);
+    }
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.tick().await;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        agent.carry_out()?;
+        if agent.framer.as_ref().is_some_and(Framer::finished) {
+            if agent.uplink.unacked() == 0 {
+                info!(
+                    acked_through = agent.uplink.acked_through(),
+                    "the source has ended and the gateway has everything: done"
+                );
+                return agent.finish().await;
+            }
+            drain_deadline.get_or_insert_with(|| Instant::now() + agent.settings.drain_timeout);
+        }
+        let produce_at = agent
+            .framer
+            .as_ref()
+            .and_then(Framer::next_due)
+            .map(|d| agent.origin + d);
+        let wake = agent.uplink.poll_timeout();
+        tokio::select! {
+            () = sleep_until(produce_at) => agent.produce()?,
+            () = sleep_until(wake) => agent.uplink.tick(Instant::now()),
+            Some(event) = inbox.recv() => agent.handle(event)?,
+            _ = progress.tick() => agent.log_progress(),
+            () = sleep_until(drain_deadline) => {
+                let unacked = agent.uplink.unacked();
+                let secs = agent.settings.drain_timeout.as_secs_f64();
+                agent.finish().await?;
+                return Err(AgentError::DrainTimeout { unacked, secs });
+            }
+            _ = &mut ctrl_c => {
+                warn!(unacked = agent.uplink.unacked(), "interrupted: unacknowledged frames stay in the spool for the next run");
+                return agent.finish().await;
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    /// Starts reading the source now, numbering frames from `next_seq`.
+    fn start_source(&mut self, next_seq: u64) {
+        let Some(source) = self.source.take() else {
+            return;
+        };
+        let limit = self
+            .settings
+            .duration
+            .map(|secs| (secs * source.rate_mhz() as f64 / 1000.0).round() as u64);
+        self.origin = Instant::now();
+        self.framer = Some(Framer::new(
+            self.settings.stream.clone(),
+            source,
+            self.start_position,
+            next_seq,
+            limit,
+            self.clock.micros(self.origin),
+        ));
+        info!(next_seq, position = self.start_position, "source started");
+    }
+
+    /// Makes the frames that are due, stores them durably, then hands them to the uplink.
+    fn produce(&mut self) -> Result<(), AgentError> {
+        let Some(framer) = &mut self.framer else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut produced: Vec<Produced> = Vec::new();
+        while let Some(due) = framer.next_due() {
+            if self.origin + due > now {
+                break;
+            }
+            produced.extend(framer.produce()?);
+        }
+        if framer.finished() {
+            info!(position = framer.position(), "the source has ended");
+        }
+        if produced.is_empty() {
+            return Ok(());
+        }
+        for p in &produced {
+            self.spool.append(p.seq, p.position, &p.bytes)?;
+        }
+        // Durable before it is sent: a restart neither loses nor repeats samples.
+        self.spool.sync()?;
+        for p in produced {
+            self.uplink.frame_produced(p.seq, p.bytes, now);
+        }
+        Ok(())
+    }
+
+    /// Carries out the core's outputs.
+    fn carry_out(&mut self) -> Result<(), AgentError> {
+        while let Some(output) = self.uplink.poll_output() {
+            match output {
+                Output::Connect => self.connect(),
+                Output::Close => {
+                    if let Some(conn) = self.conn.take() {
+                        conn.abort();
+                    }
+                }
+                Output::Send(bytes) => self.send(Message::Binary(bytes.into())),
+                Output::SendText(text) => self.send(Message::Text(text.into())),
+                Output::Ping => self.send(Message::Ping(Default::default())),
+                Output::Forget(through) => self.spool.forget(through)?,
+                Output::Welcomed { durable_through } => self.welcomed(durable_through)?,
+                Output::Consult { room, crew_url } => {
+                    let link = if crew_url.starts_with("http") {
+                        crew_url
+                    } else {
+                        format!("{}{crew_url}", self.settings.web_base)
+                    };
+                    let line =
+                        format!("consult requested by the ER: open {link} on the crew tablet");
+                    info!(%room, "{line}");
+                    println!("{line}");
+                }
+                Output::Fatal { code, message } => {
+                    return Err(AgentError::NotGranted { code, message });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn welcomed(&mut self, durable_through: u64) -> Result<(), AgentError> {
+        if self.source.is_some() {
+            let next_seq = durable_through + 1;
+            self.spool.start_at(next_seq, self.start_position)?;
+            self.start_source(next_seq);
+        } else if let Some(framer) = &mut self.framer
+            && framer.next_seq() <= durable_through
+        {
+            warn!(
+                durable_through,
+                next_seq = framer.next_seq(),
+                "the gateway is ahead of this spool: numbering on after its durable point"
+            );
+            framer.skip_to_seq(durable_through + 1);
+        }
+        Ok(())
+    }
+
+    fn send(&self, message: Message) {
+        if let Some(conn) = &self.conn {
+            let _ = conn.tx.send(message);
+        }
+    }
+
+    fn connect(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.abort();
+        }
+        self.next_conn_id += 1;
+        let id = self.next_conn_id;
+        self.connecting = Some(id);
+        let request = self.request.clone();
+        let connector = self.connector.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let attempt = tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                None,
+                true,
+                Some(connector),
+            );
+            let event = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+                Ok(Ok((ws, _))) => Event::Connected(id, Box::new(ws)),
+                Ok(Err(e)) => Event::ConnectFailed(id, connect_error(e)),
+                Err(_) => Event::ConnectFailed(id, ConnectError::Other("timed out".into())),
+            };
+            let _ = events.send(event);
+        });
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), AgentError> {
+        let now = Instant::now();
+        match event {
+            Event::Connected(id, ws) if self.connecting == Some(id) => {
+                self.connecting = None;
+                let (sink, stream) = (*ws).split();
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.conn = Some(Conn {
+                    id,
+                    tx,
+                    reader: tokio::spawn(read_loop(id, stream, self.events.clone())),
+                    writer: tokio::spawn(write_loop(sink, rx)),
+                });
+                info!("connected to the gateway");
+                self.uplink.connected(now);
+            }
+            Event::ConnectFailed(id, e) if self.connecting == Some(id) => {
+                self.connecting = None;
+                match e {
+                    ConnectError::Refused { status, message } => {
+                        return Err(AgentError::Refused { status, message });
+                    }
+                    ConnectError::Other(error) => {
+                        warn!(%error, "cannot connect to the gateway; retrying");
+                        self.uplink.disconnected(now);
+                    }
+                }
+            }
+            Event::Message(id, message) if self.is_current(id) => match message {
+                Message::Text(text) => match serde_json::from_str::<GatewayControl>(&text) {
+                    Ok(control) => self.uplink.received_control(control, now),
+                    Err(e) => {
+                        warn!(error = %e, "ignoring an unknown message from the gateway");
+                        self.uplink.heard(now);
+                    }
+                },
+                _ => self.uplink.heard(now),
+            },
+            Event::Closed(id, reason) if self.is_current(id) => {
+                info!(%reason, "the connection to the gateway closed");
+                if let Some(conn) = self.conn.take() {
+                    conn.abort();
+                }
+                self.uplink.disconnected(now);
+            }
+            // Events of a connection given up on already.
+            Event::Connected(..)
+            | Event::ConnectFailed(..)
+            | Event::Message(..)
+            | Event::Closed(..) => {}
+        }
+        Ok(())
+    }
+
+    fn is_current(&self, id: u64) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.id == id)
+    }
+
+    fn log_progress(&self) {
+        info!(
+            next_seq = self.framer.as_ref().map_or(0, Framer::next_seq),
+            unacked = self.uplink.unacked(),
+            acked_through = self.uplink.acked_through(),
+            connected = self.uplink.is_up(),
+            offset_ms = self
+                .uplink
+                .offset_us()
+                .map_or(f64::NAN, |o| o as f64 / 1000.0),
+            "agent status"
+        );
+    }
+
+    /// Saves the spool's state and closes the connection politely.
+    async fn finish(mut self) -> Result<(), AgentError> {
+        self.spool.sync()?;
+        // A spool that never started its source stays new (it still has to learn the
+        // stream's sequence from a welcome).
+        if self.source.is_none() {
+            self.spool.save()?;
+        }
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
+        }
+        Ok(())
+    }
+}
+
+fn connect_error(e: tungstenite::Error) -> ConnectError {
+    match e {
+        tungstenite::Error::Http(response) => {
+            let status = response.status().as_u16();
+            let message = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| response.status().to_string());
+            if status == 401 || status == 403 {
+                ConnectError::Refused { status, message }
+            } else {
+                ConnectError::Other(format!("HTTP {status}: {message}"))
+            }
+        }
+        other => ConnectError::Other(other.to_string()),
+    }
+}
+
+async fn read_loop(id: u64, mut stream: SplitStream<Ws>, events: mpsc::UnboundedSender<Event>) {
+    let reason = loop {
+        match stream.next().await {
+            Some(Ok(message)) => {
+                if events.send(Event::Message(id, message)).is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => break e.to_string(),
+            None => break "closed by the gateway".to_owned(),
+        }
+    };
+    let _ = events.send(Event::Closed(id, reason));
+}
+
+async fn write_loop(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::UnboundedReceiver<Message>) {
+    while let Some(message) = rx.recv().await {
+        let last = matches!(message, Message::Close(_));
+        if sink.send(message).await.is_err() || last {
+            break;
+        }
+    }
+}
+
+/// TLS client settings: the public web roots plus the certificates in `ca`.
+fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, AgentError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca {
+        let bad = |e: &dyn std::fmt::Display| AgentError::Tls(format!("{}: {e}", path.display()));
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        if certs.is_empty() {
+            return Err(bad(&"no certificate in the file"));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(&e))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| AgentError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}

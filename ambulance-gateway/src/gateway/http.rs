@@ -1,0 +1,669 @@
+//! HTTP and WebSocket handlers of the gateway: `/telemetry/ingest` for agents,
+//! `/telemetry/view` for viewers, and the REST endpoints. They only move bytes between
+//! sockets and the [`Gateway`]'s state.
+
+use crate::gateway::alarms::Limit;
+use crate::gateway::stream::Viewer;
+use crate::gateway::viewer::{Outgoing, StreamSummary, VIEWER_QUEUE, ViewerEvent, ViewerRequest};
+use crate::gateway::{Gateway, now_ms, now_us};
+use crate::wire::{self, AgentControl, GatewayControl, MAX_FRAME_BYTES, StreamId};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use signaling::token::{Claims, Role, Scope, TokenError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// An agent silent this long (no frame, no ping) is disconnected.
+const AGENT_IDLE: Duration = Duration::from_secs(10);
+/// A viewer must authenticate within this time.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A viewer whose socket accepts nothing for this long is closed.
+const VIEWER_STALL: Duration = Duration::from_secs(10);
+/// Largest text message from a viewer.
+const MAX_VIEWER_TEXT: usize = 64 * 1024;
+/// How long consult tokens made by the dashboard stay valid.
+const CONSULT_TTL: Duration = Duration::from_secs(2 * 3600);
+
+/// The gateway's routes (serve with the signaling routes under one server).
+pub fn routes(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/telemetry/ingest", get(ingest))
+        .route("/telemetry/view", get(view))
+        .route("/telemetry/streams", get(list_streams))
+        .route("/telemetry/streams/{id}/consult", post(open_consult))
+        .with_state(gw)
+}
+
+/// A refused HTTP request: status and a typed JSON body.
+#[derive(Debug)]
+pub struct HttpError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+/// The JSON body of an error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub code: String,
+    /// Explanation.
+    pub message: String,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                code: self.code.into(),
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn verify(gw: &Gateway, token: &str) -> Result<Claims, HttpError> {
+    gw.keys()
+        .verify(token, SystemTime::now())
+        .map_err(|e| match e {
+            TokenError::Invalid => {
+                HttpError::new(StatusCode::UNAUTHORIZED, "bad_token", e.to_string())
+            }
+            TokenError::Expired => {
+                HttpError::new(StatusCode::UNAUTHORIZED, "token_expired", e.to_string())
+            }
+        })
+}
+
+fn bearer(gw: &Gateway, headers: &HeaderMap) -> Result<Claims, HttpError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            HttpError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "send the token as Authorization: Bearer <token>",
+            )
+        })?;
+    verify(gw, token.trim())
+}
+
+/// Which streams a viewer's token lets it see.
+#[derive(Debug, Clone)]
+enum Visible {
+    All,
+    One(StreamId),
+    None,
+}
+
+impl Visible {
+    fn of(claims: &Claims) -> Result<Self, HttpError> {
+        let forbidden = || {
+            HttpError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "viewing telemetry needs an er or specialist token (or a crew consult token)",
+            )
+        };
+        match claims.role {
+            Role::Er | Role::Specialist => {}
+            // The crew sees its own ambulance beside the consult video.
+            Role::Crew if !claims.room.is_empty() && claims.ambulance.is_some() => {}
+            _ => return Err(forbidden()),
+        }
+        Ok(match (&claims.ambulance, claims.room.is_empty()) {
+            (Some(a), _) => a.parse().map(Visible::One).unwrap_or(Visible::None),
+            (None, true) => Visible::All,
+            (None, false) => Visible::None,
+        })
+    }
+
+    fn allows(&self, id: &StreamId) -> bool {
+        match self {
+            Visible::All => true,
+            Visible::One(one) => one == id,
+            Visible::None => false,
+        }
+    }
+
+    fn filter(&self, list: &[StreamSummary]) -> Vec<StreamSummary> {
+        list.iter()
+            .filter(|s| self.allows(&s.id))
+            .cloned()
+            .collect()
+    }
+}
+
+// ----- agents ---------------------------------------------------------------------------------
+
+async fn ingest(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    State(gw): State<Arc<Gateway>>,
+) -> Result<Response, HttpError> {
+    let claims = bearer(&gw, &headers)?;
+    let forbidden = |m: &str| HttpError::new(StatusCode::FORBIDDEN, "forbidden", m);
+    if claims.role != Role::Crew || !claims.room.is_empty() {
+        return Err(forbidden(
+            "sending telemetry needs an ambulance's crew device token",
+        ));
+    }
+    let stream: StreamId = claims
+        .ambulance
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| forbidden("the token names no valid ambulance"))?;
+    // Messages up to 1 MiB are read so that oversized frames get a typed `too_large` error.
+    Ok(ws
+        .max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .on_upgrade(move |socket| agent_session(gw, stream, socket)))
+}
+
+async fn agent_session(gw: Arc<Gateway>, stream: StreamId, socket: WebSocket) {
+    let (mut sink, mut source) = socket.split();
+    let slot = match gw.load(&stream).await {
+        Ok(slot) => slot,
+        Err(e) => {
+            warn!(%stream, "cannot open the stream's journal: {e}");
+            let _ = sink
+                .send(control(&error_msg(
+                    "internal",
+                    "the gateway cannot store this stream",
+                )))
+                .await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<GatewayControl>();
+    let durable = slot.state.lock().expect("stream").durable_through();
+    let _ = tx.send(GatewayControl::Welcome {
+        stream: stream.clone(),
+        durable_through: durable,
+    });
+    let conn = gw.attach_agent(&slot, tx.clone());
+    info!(%stream, conn, durable, "agent connected");
+
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let fatal = matches!(msg, GatewayControl::Error { .. });
+            if sink.send(control(&msg)).await.is_err() {
+                return;
+            }
+            if fatal {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1008,
+                        reason: "error".into(),
+                    })))
+                    .await;
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    loop {
+        let msg = match tokio::time::timeout(AGENT_IDLE, source.next()).await {
+            Ok(Some(Ok(msg))) => msg,
+            Ok(_) => break,
+            Err(_) => {
+                info!(%stream, conn, "agent silent for {AGENT_IDLE:?}; disconnecting");
+                break;
+            }
+        };
+        let refusal = match msg {
+            Message::Binary(bytes) => take_frame(&gw, &slot, &stream, bytes),
+            Message::Text(text) => match serde_json::from_str::<AgentControl>(&text) {
+                Ok(AgentControl::Time { t0 }) => {
+                    let _ = tx.send(GatewayControl::Time { t0, t1: now_us() });
+                    None
+                }
+                Err(e) => Some(("bad_message", format!("unknown control message: {e}"))),
+            },
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => None,
+        };
+        if let Some((code, message)) = refusal {
+            gw.metrics.rejected.with_label_values(&[code]).inc();
+            warn!(%stream, conn, code, "refusing agent input: {message}");
+            let _ = tx.send(error_msg(code, &message));
+            break;
+        }
+    }
+    gw.detach_agent(&slot, conn);
+    drop(tx);
+    // The writer ends when the slot's sender is replaced or dropped; give it a moment to
+    // deliver a final error.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    info!(%stream, conn, "agent disconnected");
+}
+
+/// Takes one binary message from an agent; returns a refusal (code, message) if any.
+fn take_frame(
+    gw: &Gateway,
+    slot: &crate::gateway::StreamSlot,
+    stream: &StreamId,
+    bytes: Bytes,
+) -> Option<(&'static str, String)> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Some((
+            "too_large",
+            format!("a frame is at most {MAX_FRAME_BYTES} bytes"),
+        ));
+    }
+    let frame = match wire::decode(&bytes) {
+        Ok(f) => f,
+        Err(e) => return Some(("bad_frame", e.to_string())),
+    };
+    if &frame.header.stream != stream {
+        return Some((
+            "stream_not_granted",
+            format!(
+                "the token grants stream {stream}, not {}",
+                frame.header.stream
+            ),
+        ));
+    }
+    let outcome = slot
+        .state
+        .lock()
+        .expect("stream")
+        .on_frame(&frame, bytes, now_ms());
+    match outcome {
+        Ok(outcome) => {
+            if outcome.fresh {
+                gw.metrics.frames.inc();
+            } else {
+                gw.metrics.duplicates.inc();
+            }
+            gw.persist(stream, outcome.records);
+            None
+        }
+        Err(e) => Some(("seq_out_of_window", e.to_string())),
+    }
+}
+
+fn error_msg(code: &str, message: &str) -> GatewayControl {
+    GatewayControl::Error {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn control(msg: &GatewayControl) -> Message {
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(msg).expect("control messages serialize"),
+    ))
+}
+
+// ----- viewers --------------------------------------------------------------------------------
+
+async fn view(ws: WebSocketUpgrade, State(gw): State<Arc<Gateway>>) -> Response {
+    ws.max_message_size(1 << 20)
+        .on_upgrade(move |socket| viewer_session(gw, socket))
+}
+
+fn text(event: &ViewerEvent<'_>) -> Message {
+    Message::Text(Utf8Bytes::from(&*event.to_text()))
+}
+
+fn viewer_error(code: &str, message: &str) -> Message {
+    text(&ViewerEvent::Error { code, message })
+}
+
+async fn viewer_session(gw: Arc<Gateway>, mut socket: WebSocket) {
+    let claims = match tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ViewerRequest>(&t) {
+            Ok(ViewerRequest::Auth { token }) => verify(&gw, &token),
+            _ => Err(HttpError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the first message must be auth",
+            )),
+        },
+        Ok(_) => return,
+        Err(_) => Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "no auth within 10 s",
+        )),
+    };
+    let (claims, visible) = match claims.and_then(|c| Visible::of(&c).map(|v| (c, v))) {
+        Ok(ok) => ok,
+        Err(e) => {
+            let code = if e.status == StatusCode::FORBIDDEN {
+                "forbidden"
+            } else {
+                "unauthorized"
+            };
+            let _ = socket.send(viewer_error(code, &e.message)).await;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1008,
+                    reason: code.into(),
+                })))
+                .await;
+            return;
+        }
+    };
+    let can_ack = claims.role == Role::Er;
+    let welcome = ViewerEvent::Welcome {
+        identity: &claims.sub,
+        role: claims.role.as_str(),
+        can_acknowledge: can_ack,
+    };
+    if socket.send(text(&welcome)).await.is_err() {
+        return;
+    }
+    gw.metrics.viewers.inc();
+    let viewer = Viewer::new(VIEWER_QUEUE);
+    let (sink, mut source) = socket.split();
+    let writer = tokio::spawn(viewer_writer(
+        gw.clone(),
+        viewer.clone(),
+        visible.clone(),
+        sink,
+    ));
+    let mut subscribed: HashSet<StreamId> = HashSet::new();
+
+    while let Some(Ok(msg)) = source.next().await {
+        let reply = match msg {
+            Message::Text(t) if t.len() > MAX_VIEWER_TEXT => Some((
+                "too_large",
+                format!("messages are at most {MAX_VIEWER_TEXT} bytes"),
+            )),
+            Message::Text(t) => match serde_json::from_str::<ViewerRequest>(&t) {
+                Ok(req) => {
+                    handle_request(&gw, &viewer, &claims, &visible, &mut subscribed, req).err()
+                }
+                Err(e) => Some(("bad_message", e.to_string())),
+            },
+            Message::Binary(_) => Some(("bad_message", "viewers send JSON text only".into())),
+            Message::Close(_) => break,
+            _ => None,
+        };
+        if let Some((code, message)) = reply {
+            gw.metrics.rejected.with_label_values(&[code]).inc();
+            let event = ViewerEvent::Error {
+                code,
+                message: &message,
+            };
+            viewer.push(None, Outgoing::Text(event.to_text()));
+        }
+        if writer.is_finished() {
+            break;
+        }
+    }
+    for id in &subscribed {
+        if let Some(slot) = gw.slot(id) {
+            slot.state.lock().expect("stream").unsubscribe(viewer.id);
+        }
+    }
+    writer.abort();
+    gw.metrics.viewers.dec();
+    debug!(viewer = viewer.id, "viewer left");
+}
+
+fn handle_request(
+    gw: &Gateway,
+    viewer: &Arc<Viewer>,
+    claims: &Claims,
+    visible: &Visible,
+    subscribed: &mut HashSet<StreamId>,
+    req: ViewerRequest,
+) -> Result<(), (&'static str, String)> {
+    let slot_for = |id: &StreamId| {
+        if !visible.allows(id) {
+            return Err((
+                "forbidden",
+                format!("your token does not grant stream {id}"),
+            ));
+        }
+        gw.slot(id)
+            .ok_or_else(|| ("unknown_stream", format!("no stream {id}")))
+    };
+    let er_only = || {
+        (claims.role == Role::Er)
+            .then_some(())
+            .ok_or_else(|| ("forbidden", "only er staff may do this".to_owned()))
+    };
+    match req {
+        ViewerRequest::Auth { .. } => Err(("bad_message", "already authenticated".into())),
+        ViewerRequest::Subscribe { stream } => {
+            let slot = slot_for(&stream)?;
+            slot.state
+                .lock()
+                .expect("stream")
+                .subscribe(viewer.clone(), now_ms());
+            subscribed.insert(stream);
+            Ok(())
+        }
+        ViewerRequest::Unsubscribe { stream } => {
+            if let Some(slot) = gw.slot(&stream) {
+                slot.state.lock().expect("stream").unsubscribe(viewer.id);
+            }
+            subscribed.remove(&stream);
+            Ok(())
+        }
+        ViewerRequest::AckAlarm { stream, alarm } => {
+            er_only()?;
+            let slot = slot_for(&stream)?;
+            let records = slot
+                .state
+                .lock()
+                .expect("stream")
+                .acknowledge(alarm, &claims.sub, now_ms())
+                .map_err(|e| ("unknown_alarm", e.to_string()))?;
+            info!(%stream, alarm, "alarm acknowledged");
+            gw.persist(&stream, records);
+            Ok(())
+        }
+        ViewerRequest::SetLimits {
+            stream,
+            vital,
+            low,
+            high,
+        } => {
+            er_only()?;
+            let slot = slot_for(&stream)?;
+            let records = slot
+                .state
+                .lock()
+                .expect("stream")
+                .set_limit(vital, Limit { low, high }, &claims.sub, now_ms())
+                .map_err(|e| ("bad_limits", e.to_string()))?;
+            info!(%stream, vital = vital.name(), "alarm limits changed");
+            gw.persist(&stream, records);
+            Ok(())
+        }
+    }
+}
+
+/// Sends the viewer's queue to its socket, and the streams list when it changes.
+async fn viewer_writer(
+    gw: Arc<Gateway>,
+    viewer: Arc<Viewer>,
+    visible: Visible,
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_list: Option<Vec<StreamSummary>> = None;
+    let mut reported_drops = 0;
+    loop {
+        while let Some((msg, queued)) = viewer.pop() {
+            let msg = match msg {
+                Outgoing::Text(t) => Message::Text(Utf8Bytes::from(&*t)),
+                Outgoing::Binary(b) => Message::Binary(b),
+            };
+            match tokio::time::timeout(VIEWER_STALL, sink.send(msg)).await {
+                Ok(Ok(())) => {
+                    if let Some(queued) = queued {
+                        gw.metrics.fanout.observe(queued.elapsed().as_secs_f64());
+                    }
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    info!(
+                        viewer = viewer.id,
+                        "viewer stalled for {VIEWER_STALL:?}; closing"
+                    );
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = viewer.wake.notified() => {}
+            _ = tick.tick() => {
+                let list = visible.filter(&gw.summaries());
+                if last_list.as_ref() != Some(&list) {
+                    viewer.push(None, Outgoing::Text(ViewerEvent::Streams { streams: &list }.to_text()));
+                    last_list = Some(list);
+                }
+                let dropped = viewer.dropped_total();
+                gw.metrics.viewer_dropped.inc_by(dropped - reported_drops);
+                reported_drops = dropped;
+            }
+        }
+    }
+}
+
+// ----- REST -----------------------------------------------------------------------------------
+
+/// Active streams the caller's token lets it see.
+#[utoipa::path(get, path = "/telemetry/streams",
+    responses((status = 200, body = [StreamSummary]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_streams(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<StreamSummary>>, HttpError> {
+    let claims = bearer(&gw, &headers)?;
+    let visible = Visible::of(&claims)?;
+    Ok(Json(visible.filter(&gw.summaries())))
+}
+
+/// Links to a consult room opened with an ambulance's crew.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConsultLinks {
+    /// The room's name.
+    pub room: String,
+    /// Consult page for the caller.
+    pub er_url: String,
+    /// Consult page for a specialist.
+    pub specialist_url: String,
+    /// Consult page for the crew's tablet (also sent to the agent).
+    pub crew_url: String,
+}
+
+/// Opens a consult room with the crew of ambulance `id`; its links carry tokens that also
+/// grant viewing the ambulance's stream.
+#[utoipa::path(post, path = "/telemetry/streams/{id}/consult",
+    params(("id" = String, Path, description = "The ambulance stream")),
+    responses((status = 201, body = ConsultLinks), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn open_consult(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<ConsultLinks>), HttpError> {
+    let claims = bearer(&gw, &headers)?;
+    if claims.role != Role::Er {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only er staff open consults",
+        ));
+    }
+    let not_found = || {
+        HttpError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_stream",
+            format!("no stream {id}"),
+        )
+    };
+    let stream: StreamId = id.parse().map_err(|_| not_found())?;
+    let visible = Visible::of(&claims)?;
+    let slot = visible
+        .allows(&stream)
+        .then(|| gw.slot(&stream))
+        .flatten()
+        .ok_or_else(not_found)?;
+    let room = format!("amb-{stream}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let scope = Scope {
+        room: Some(room.clone()),
+        ambulance: Some(stream.to_string()),
+    };
+    let now = SystemTime::now();
+    let url = |identity: &str, role: Role| {
+        let token = gw.keys().issue(&scope, identity, role, CONSULT_TTL, now);
+        format!("/consult/#room={room}&token={token}&ambulance={stream}")
+    };
+    let links = ConsultLinks {
+        er_url: url(&claims.sub, Role::Er),
+        specialist_url: url("Specialist", Role::Specialist),
+        crew_url: url(&format!("{stream} crew"), Role::Crew),
+        room: room.clone(),
+    };
+    let told = slot.send_to_agent(GatewayControl::Consult {
+        room: room.clone(),
+        crew_url: links.crew_url.clone(),
+    });
+    info!(%stream, room, agent_told = told, "consult opened");
+    Ok((StatusCode::CREATED, Json(links)))
+}
+
+/// The OpenAPI description of the gateway's REST endpoints.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list_streams, open_consult),
+    components(schemas(StreamSummary, ConsultLinks, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct TelemetryApi;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+    }
+}

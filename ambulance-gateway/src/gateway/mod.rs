@@ -1,0 +1,336 @@
+//! The hospital gateway: agents' frames in, viewers' streams out (`docs/telemetry.md`).
+//!
+//! The sans-IO parts are [`ingest`] (sequencing), [`alarms`] (rules), [`viewer`] (messages
+//! and bounded queues) and [`stream`] (one [`stream::AmbulanceStream`] tying them together).
+//! This module holds the shared [`Gateway`] state and the durability worker: one thread that
+//! appends records to the streams' journals, syncs them in batches and reports what became
+//! durable, so that agents are acknowledged only for what survives a crash.
+//! [`http`] has the WebSocket and REST handlers.
+
+pub mod alarms;
+pub mod http;
+pub mod ingest;
+mod metrics;
+pub mod stream;
+pub mod viewer;
+
+use crate::wire::{self, GatewayControl, Layout, Payload, StreamId};
+use recorder::journal::{Journal, JournalError, JournalOptions};
+use signaling::token::TokenKeys;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use stream::{AmbulanceStream, JournalRecord, record_kind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+use viewer::StreamSummary;
+
+/// Gateway settings (part of `medrelay serve`'s configuration).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Journals go to `<data_dir>/telemetry/<stream>/`.
+    pub data_dir: PathBuf,
+    /// How much recent data each stream keeps in memory.
+    pub ring_seconds: u32,
+}
+
+/// Frames per second a ring buffer is sized for (25 waveform frames and a few numerics).
+const RING_FRAMES_PER_SECOND: usize = 30;
+
+/// Current time in µs since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as i64
+}
+
+/// Current time in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+/// The connected agent of a stream.
+struct AgentLink {
+    conn: u64,
+    tx: mpsc::UnboundedSender<GatewayControl>,
+}
+
+/// A stream and its agent connection.
+pub struct StreamSlot {
+    /// The stream's state.
+    pub state: Mutex<AmbulanceStream>,
+    agent: Mutex<Option<AgentLink>>,
+}
+
+impl StreamSlot {
+    /// Sends a control message to the stream's agent, if one is connected.
+    pub fn send_to_agent(&self, msg: GatewayControl) -> bool {
+        self.agent
+            .lock()
+            .expect("agent link")
+            .as_ref()
+            .is_some_and(|a| a.tx.send(msg).is_ok())
+    }
+}
+
+enum Job {
+    Adopt(StreamId, Journal),
+    Append(StreamId, Vec<JournalRecord>),
+}
+
+/// Shared gateway state.
+pub struct Gateway {
+    config: GatewayConfig,
+    keys: TokenKeys,
+    streams: Mutex<HashMap<StreamId, Arc<StreamSlot>>>,
+    /// Serializes journal recovery so a stream is loaded once.
+    loading: tokio::sync::Mutex<()>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    summaries: Mutex<Arc<Vec<StreamSummary>>>,
+    metrics: metrics::GatewayMetrics,
+}
+
+impl Gateway {
+    /// Starts the gateway: the durability worker thread and the timer task (silence alarms,
+    /// the streams list). Call inside a tokio runtime.
+    pub fn start(config: GatewayConfig, keys: TokenKeys) -> Arc<Gateway> {
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let gw = Arc::new(Gateway {
+            config,
+            keys,
+            streams: Mutex::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            jobs,
+            summaries: Mutex::new(Arc::new(Vec::new())),
+            metrics: metrics::GatewayMetrics::new(),
+        });
+        let weak = Arc::downgrade(&gw);
+        std::thread::Builder::new()
+            .name("telemetry-journal".into())
+            .spawn(move || durability_worker(rx, weak))
+            .expect("spawn the journal thread");
+        tokio::spawn(timer(Arc::downgrade(&gw)));
+        gw
+    }
+
+    /// Adds the gateway's metrics to the server's `/metrics`.
+    pub fn register_metrics(&self, registry: &signaling::metrics::Metrics) {
+        self.metrics.register(registry);
+    }
+
+    /// Token keys, for the HTTP handlers.
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    /// The stream, if it has connected since the gateway started.
+    pub fn slot(&self, id: &StreamId) -> Option<Arc<StreamSlot>> {
+        self.streams.lock().expect("streams").get(id).cloned()
+    }
+
+    /// Every stream's summary as of the last timer tick (at most a second old).
+    pub fn summaries(&self) -> Arc<Vec<StreamSummary>> {
+        self.summaries.lock().expect("summaries").clone()
+    }
+
+    /// The stream's slot, recovering its journal on first use.
+    pub async fn load(self: &Arc<Self>, id: &StreamId) -> Result<Arc<StreamSlot>, JournalError> {
+        if let Some(slot) = self.slot(id) {
+            return Ok(slot);
+        }
+        let _guard = self.loading.lock().await;
+        if let Some(slot) = self.slot(id) {
+            return Ok(slot);
+        }
+        let dir = self.config.data_dir.join("telemetry").join(id.as_str());
+        let (journal, durable, layout) = tokio::task::spawn_blocking(move || recover(dir))
+            .await
+            .expect("recovery task")?;
+        let mut stream = AmbulanceStream::new(
+            id.clone(),
+            durable,
+            self.config.ring_seconds as usize * RING_FRAMES_PER_SECOND,
+            now_ms(),
+        );
+        if let Some((seq, layout)) = layout {
+            stream.restore_layout(seq, layout);
+        }
+        info!(stream = %id, durable, "telemetry stream loaded");
+        let _ = self.jobs.send(Job::Adopt(id.clone(), journal));
+        let slot = Arc::new(StreamSlot {
+            state: Mutex::new(stream),
+            agent: Mutex::new(None),
+        });
+        self.streams
+            .lock()
+            .expect("streams")
+            .insert(id.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Hands records to the durability worker.
+    pub fn persist(&self, id: &StreamId, records: Vec<JournalRecord>) {
+        if !records.is_empty() {
+            let _ = self.jobs.send(Job::Append(id.clone(), records));
+        }
+    }
+
+    /// Registers `tx` as the stream's agent connection (replacing an older one, whose
+    /// channel closes). Returns the connection's id.
+    pub fn attach_agent(
+        &self,
+        slot: &StreamSlot,
+        tx: mpsc::UnboundedSender<GatewayControl>,
+    ) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *slot.agent.lock().expect("agent link") = Some(AgentLink { conn, tx });
+        slot.state.lock().expect("stream").set_link(true);
+        conn
+    }
+
+    /// Forgets agent connection `conn` if it is still the stream's current one.
+    pub fn detach_agent(&self, slot: &StreamSlot, conn: u64) {
+        let mut agent = slot.agent.lock().expect("agent link");
+        if agent.as_ref().is_some_and(|a| a.conn == conn) {
+            *agent = None;
+            slot.state.lock().expect("stream").set_link(false);
+        }
+    }
+
+    fn synced(&self, id: &StreamId, through: u64) {
+        let Some(slot) = self.slot(id) else { return };
+        let ack = slot.state.lock().expect("stream").on_synced(through);
+        if let Some(through) = ack {
+            slot.send_to_agent(GatewayControl::Ack {
+                stream: id.clone(),
+                through,
+            });
+        }
+    }
+
+    fn journal_failed(&self, id: &StreamId) {
+        let Some(slot) = self.slot(id) else { return };
+        // What was handed to the journal may not be on disk: forget it, so the agent (which
+        // still holds everything unacknowledged) sends it again on its next connection.
+        slot.state.lock().expect("stream").rewind_to_durable();
+        slot.send_to_agent(GatewayControl::Error {
+            code: "internal".into(),
+            message: "the gateway could not store the stream; reconnect".into(),
+        });
+    }
+}
+
+/// Opens a stream's journal: what is durable, and the latest layout.
+#[allow(clippy::type_complexity)]
+fn recover(dir: PathBuf) -> Result<(Journal, u64, Option<(u64, Layout)>), JournalError> {
+    let journal = Journal::open(&dir, JournalOptions::default())?;
+    let mut durable = 0;
+    let mut layout = None;
+    for record in journal.records()? {
+        let record = record?;
+        if record.kind != record_kind::FRAME {
+            continue;
+        }
+        match wire::decode(&record.payload) {
+            Ok(frame) => {
+                durable = durable.max(frame.header.seq);
+                if let Payload::Layout(l) = frame.payload {
+                    layout = Some((frame.header.seq, l));
+                }
+            }
+            Err(e) => warn!(dir = %dir.display(), "undecodable frame in journal: {e}"),
+        }
+    }
+    Ok((journal, durable, layout))
+}
+
+/// Appends and syncs in batches; reports what became durable.
+fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
+    let mut journals: HashMap<StreamId, Journal> = HashMap::new();
+    while let Ok(first) = rx.recv() {
+        let mut synced: HashMap<StreamId, u64> = HashMap::new();
+        let mut failed: Vec<StreamId> = Vec::new();
+        for job in std::iter::once(first).chain(rx.try_iter().take(16_384)) {
+            match job {
+                Job::Adopt(id, journal) => {
+                    journals.insert(id, journal);
+                }
+                Job::Append(id, records) => {
+                    let Some(journal) = journals.get_mut(&id) else {
+                        continue;
+                    };
+                    let entry = synced.entry(id.clone()).or_default();
+                    for r in records {
+                        if let Err(e) = journal.append(r.kind, &r.payload) {
+                            error!(stream = %id, "journal append failed: {e}");
+                            failed.push(id.clone());
+                            break;
+                        }
+                        if let Some(seq) = r.seq {
+                            *entry = (*entry).max(seq);
+                        }
+                    }
+                }
+            }
+        }
+        let Some(gw) = gw.upgrade() else { return };
+        for (id, through) in synced {
+            if failed.contains(&id) {
+                continue;
+            }
+            let journal = journals.get_mut(&id).expect("appended above");
+            match journal.sync() {
+                Ok(()) if through > 0 => gw.synced(&id, through),
+                Ok(()) => {}
+                Err(e) => {
+                    error!(stream = %id, "journal sync failed: {e}");
+                    failed.push(id);
+                }
+            }
+        }
+        for id in failed {
+            gw.metrics.journal_errors.inc();
+            gw.journal_failed(&id);
+        }
+    }
+}
+
+/// Every 250 ms: silence alarms; every second: the streams list.
+async fn timer(gw: Weak<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        let Some(gw) = gw.upgrade() else { return };
+        let slots: Vec<Arc<StreamSlot>> = gw
+            .streams
+            .lock()
+            .expect("streams")
+            .values()
+            .cloned()
+            .collect();
+        let now = now_ms();
+        for slot in &slots {
+            let mut state = slot.state.lock().expect("stream");
+            let records = state.on_tick(now);
+            if !records.is_empty() {
+                let id = state.id().clone();
+                drop(state);
+                gw.persist(&id, records);
+            }
+        }
+        if n.is_multiple_of(4) {
+            let mut list: Vec<StreamSummary> = slots
+                .iter()
+                .map(|s| s.state.lock().expect("stream").summary())
+                .collect();
+            list.sort_by(|a, b| a.id.cmp(&b.id));
+            gw.metrics.observe(&list);
+            *gw.summaries.lock().expect("summaries") = Arc::new(list);
+        }
+        n += 1;
+    }
+}
