@@ -45,6 +45,8 @@ const WRITE_BUFFER: usize = 64 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 /// Granularity of the zero-filled holes that a power loss can leave in a file.
 const SECTOR: u64 = 512;
+/// Most bytes checksummed while looking for a valid record after a damaged one.
+const RESYNC_BUDGET: u64 = 1 << 30;
 
 /// How a [`Journal`] lays out its segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -647,22 +649,25 @@ fn is_torn_tail(tail: &[u8], start: u64) -> bool {
         }
         sector += SECTOR;
     }
-    !(1..tail.len()).any(|at| is_valid_record(&tail[at..]))
+    // Look for a valid record at every later offset. Crafted bytes could make that cost
+    // quadratic: past a budget, assume one may follow (an error rather than lost data).
+    let mut budget = RESYNC_BUDGET;
+    !(1..tail.len()).any(|at| is_valid_record(&tail[at..], &mut budget).unwrap_or(true))
 }
 
-/// Whether `bytes` begins with a whole record whose checksum matches.
-fn is_valid_record(bytes: &[u8]) -> bool {
+/// Whether `bytes` begins with a whole record whose checksum matches; `None` when checking
+/// would exceed `budget` (bytes left to checksum), which it reduces.
+fn is_valid_record(bytes: &[u8], budget: &mut u64) -> Option<bool> {
     let Some(header) = bytes.first_chunk::<RECORD_HEADER_LEN>() else {
-        return false;
+        return Some(false);
     };
     let (len, crc, kind) = parse_header(header);
     if len > MAX_PAYLOAD as u64 || len > (bytes.len() - RECORD_HEADER_LEN) as u64 {
-        return false;
+        return Some(false);
     }
-    checksum(
-        kind,
-        &bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len as usize],
-    ) == crc
+    *budget = budget.checked_sub(len + 1)?;
+    let payload = &bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len as usize];
+    Some(checksum(kind, payload) == crc)
 }
 
 /// The file name of segment `id`.
