@@ -384,15 +384,23 @@ async fn viewer_session(gw: Arc<Gateway>, mut socket: WebSocket) {
     gw.metrics.viewers.inc();
     let viewer = Viewer::new(VIEWER_QUEUE);
     let (sink, mut source) = socket.split();
-    let writer = tokio::spawn(viewer_writer(
+    let mut writer = tokio::spawn(viewer_writer(
         gw.clone(),
         viewer.clone(),
         visible.clone(),
         sink,
     ));
     let mut subscribed: HashSet<StreamId> = HashSet::new();
-
-    while let Some(Ok(msg)) = source.next().await {
+    loop {
+        // The writer ends when the socket fails or stalls: then the session ends too, even
+        // if the viewer never sends anything again.
+        let msg = tokio::select! {
+            msg = source.next() => match msg {
+                Some(Ok(msg)) => msg,
+                _ => break,
+            },
+            _ = &mut writer => break,
+        };
         let reply = match msg {
             Message::Text(t) if t.len() > MAX_VIEWER_TEXT => Some((
                 "too_large",
@@ -415,9 +423,6 @@ async fn viewer_session(gw: Arc<Gateway>, mut socket: WebSocket) {
                 message: &message,
             };
             viewer.push(None, Outgoing::Text(event.to_text()));
-        }
-        if writer.is_finished() {
-            break;
         }
     }
     for id in &subscribed {
