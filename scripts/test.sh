@@ -4,7 +4,8 @@
 #   bash scripts/test.sh [E2E_FILTER...]
 #
 #   1. installs what the tests need, quickly when it is already there: Debian's chromium,
-#      chromium-driver, ffmpeg, python3-venv, iproute2; a Python venv .venv-test with aiortc
+#      chromium-driver, ffmpeg, python3-venv, iproute2 (ip netns for the link-cut test), openssl
+#      (test certificates); a Python venv .venv-test with aiortc
 #      and pytest (tests/e2e/requirements.txt); playwright-core and ws in tests/e2e (npm ci);
 #   2. runs `cargo test --workspace`;
 #   3. builds `cargo build --bin medrelay`;
@@ -56,7 +57,7 @@ apt_get() {
 if [[ ${SKIP_INSTALL:-} != 1 ]]; then
   section "1. install test dependencies"
 
-  APT_PKGS=(chromium chromium-driver ffmpeg python3-venv iproute2)
+  APT_PKGS=(chromium chromium-driver ffmpeg python3-venv iproute2 openssl)
   missing=()
   for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -68,7 +69,7 @@ if [[ ${SKIP_INSTALL:-} != 1 ]]; then
   else
     echo "apt: ${APT_PKGS[*]} already installed"
   fi
-  for tool in chromium ffmpeg ip unshare timeout node npm python3; do
+  for tool in chromium ffmpeg ip unshare timeout node npm python3 openssl; do
     command -v "$tool" >/dev/null || { echo "missing tool after install: $tool" >&2; exit 1; }
   done
 

@@ -307,7 +307,7 @@ test('DELETE a room: 204, members get room_closed and are closed, later joins ge
   assert.deepEqual(closes.map((c) => c.code), [1008, 1008], `close codes after room_closed: ${safeJson(closes)}`);
 });
 
-test('/openapi.json (no key needed) documents every /api path and the X-Api-Key scheme', { timeout: 10_000 }, async () => {
+test('/openapi.json (no key needed) documents every REST path, the X-Api-Key and Bearer schemes', { timeout: 10_000 }, async () => {
   const res = await fetch(`${server.url}/openapi.json`);
   assert.equal(res.status, 200);
   const doc = await res.json();
@@ -319,6 +319,8 @@ test('/openapi.json (no key needed) documents every /api path and the X-Api-Key 
     '/api/rooms/{room}/participants': ['get'],
     '/api/rooms/{room}/participants/{participant}': ['delete'],
     '/api/rooms/{room}/tokens': ['post'],
+    '/telemetry/streams': ['get'],
+    '/telemetry/streams/{id}/consult': ['post'],
   };
   for (const [p, methods] of Object.entries(want)) {
     assert.ok(paths[p], `${p} missing from /openapi.json (has ${Object.keys(paths).join(', ')})`);
@@ -330,6 +332,10 @@ test('/openapi.json (no key needed) documents every /api path and the X-Api-Key 
   assert.equal(scheme?.type, 'apiKey', safeJson(scheme));
   assert.equal(scheme?.in, 'header', safeJson(scheme));
   assert.equal(String(scheme?.name).toLowerCase(), 'x-api-key', safeJson(scheme));
+  const bearer = doc.components?.securitySchemes?.bearer;
+  assert.equal(bearer?.type, 'http', safeJson(bearer));
+  assert.equal(bearer?.scheme, 'bearer', safeJson(bearer));
+  assert.ok(paths['/telemetry/streams'].get.security?.some((s) => 'bearer' in s), 'telemetry paths need the bearer token');
 });
 
 test('/metrics agrees with what happened: rooms, participants, joins and error counters', { timeout: 15_000 }, async () => {

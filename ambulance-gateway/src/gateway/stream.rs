@@ -166,7 +166,9 @@ impl AmbulanceStream {
             Bytes::from(b)
         };
         let (late, append) = match self.ingest.receive(seq, stored.clone())? {
-            Received::New { late, append } => (late, append),
+            // Late: newer frames came first, or the agent sent it from its backlog (the first
+            // backlog frame after a reconnect can arrive before any live one).
+            Received::New { late, append } => (late || frame.header.flags & FLAG_LATE != 0, append),
             Received::Duplicate | Received::Deferred => return Ok(FrameOutcome::default()),
         };
         let mut records: Vec<JournalRecord> = append
@@ -528,6 +530,24 @@ mod tests {
         let order: Vec<u64> = journal.iter().filter_map(|r| r.seq).collect();
         assert_eq!(order, vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(s.on_synced(6), Some(6));
+    }
+
+    #[test]
+    fn a_backlog_frame_arriving_first_after_a_reconnect_is_still_late() {
+        let mut s = AmbulanceStream::new(id(), 0, 100, 0);
+        let v = Viewer::new(100);
+        s.subscribe(v.clone(), 0);
+        drain(&v);
+        let (mut f, _) = wave(1, 1);
+        f.header.flags = FLAG_LATE;
+        let bytes = Bytes::from(wire::encode(&f).unwrap());
+        let records = s.on_frame(&f, bytes, 10).unwrap().records;
+        assert_eq!(seqs(&drain(&v)), vec![(1, FLAG_LATE)]);
+        let stored = wire::decode_header(&records[0].payload).unwrap();
+        assert_eq!(
+            stored.flags, 0,
+            "the journal keeps frames without transport flags"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@ import { spawn, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -76,6 +78,29 @@ export function freeUdpPort() {
   });
 }
 
+/**
+ * One HTTP(S) request without a global CA change: {status, headers, body} (body as text).
+ * `ca` (PEM) is trusted for https; without it the certificate is not verified.
+ */
+export function request(url, { method = 'GET', headers = {}, body = null, ca = null, timeout = 5000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const mod = u.protocol === 'https:' ? https : http;
+    const opts = { method, headers, timeout };
+    if (u.protocol === 'https:') Object.assign(opts, ca ? { ca } : { rejectUnauthorized: false });
+    const req = mod.request(u, opts, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: text }));
+    });
+    req.on('timeout', () => req.destroy(new Error(`${method} ${url} timed out after ${timeout} ms`)));
+    req.on('error', reject);
+    if (body !== null) req.write(body);
+    req.end();
+  });
+}
+
 const running = new Set();
 process.on('exit', () => {
   for (const child of running) {
@@ -90,19 +115,27 @@ process.on('exit', () => {
 /**
  * Starts `medrelay serve` on free ports in a fresh data dir and waits for /healthz.
  * Returns { url, wsUrl, port, mediaPort, dataDir, logPath, token(), apiKey(), stop() }.
+ *
+ * Options (all optional): `host` to listen on another local address (e.g. a veth's
+ * 10.77.0.1); `tls: {cert, key, ca}` (PEM files; `ca` is what clients trust) to serve
+ * https/wss with `--tls-cert/--tls-key`; `dataDir` to reuse a data dir (a restart: the log
+ * is appended to); `port` to listen on that port.
  */
-export async function startServer({ name = 'e2e', readyTimeout = 30_000 } = {}) {
+export async function startServer({ name = 'e2e', readyTimeout = 30_000, host = '127.0.0.1', tls = null, dataDir: reuseDir = null, port: fixedPort = null } = {}) {
   if (!fs.existsSync(BIN)) throw new Error(`medrelay binary not found at ${BIN} (run cargo build --bin medrelay)`);
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), `medrelay-${name}-`));
+  const dataDir = reuseDir || fs.mkdtempSync(path.join(os.tmpdir(), `medrelay-${name}-`));
   fs.mkdirSync(path.join(ARTIFACTS, 'logs'), { recursive: true });
   const logPath = path.join(ARTIFACTS, 'logs', `${name}.server.log`);
+  const scheme = tls ? 'https' : 'http';
+  const ca = tls?.ca ? fs.readFileSync(tls.ca) : null;
 
   let lastErr;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freeTcpPort();
+    const port = fixedPort || (await freeTcpPort());
     const mediaPort = await freeUdpPort();
-    const log = fs.openSync(logPath, attempt === 0 ? 'w' : 'a');
-    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--media-port', String(mediaPort), '--data-dir', dataDir];
+    const log = fs.openSync(logPath, attempt === 0 && !reuseDir ? 'w' : 'a');
+    const args = ['serve', '--listen', `${host}:${port}`, '--media-port', String(mediaPort), '--data-dir', dataDir];
+    if (tls) args.push('--tls-cert', tls.cert, '--tls-key', tls.key);
     fs.writeSync(log, `# ${BIN} ${args.join(' ')}\n`);
     const child = spawn(BIN, args, {
       stdio: ['ignore', log, log],
@@ -115,12 +148,12 @@ export async function startServer({ name = 'e2e', readyTimeout = 30_000 } = {}) 
       exited = { code, signal };
       running.delete(child);
     });
-    const url = `http://127.0.0.1:${port}`;
+    const url = `${scheme}://${host}:${port}`;
     try {
       await waitFor(
         async () => {
           if (exited) throw new Error(`server exited early: ${safeJson(exited)}`);
-          const res = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
+          const res = await request(`${url}/healthz`, { ca, timeout: 1000 });
           return res.status === 200;
         },
         { timeout: readyTimeout, interval: 100, message: `${url}/healthz to answer 200` },
@@ -129,10 +162,10 @@ export async function startServer({ name = 'e2e', readyTimeout = 30_000 } = {}) 
       lastErr = e;
       child.kill('SIGKILL');
       // A port taken between probing and binding makes the server exit at once: retry.
-      if (exited) continue;
+      if (exited && !fixedPort) continue;
       break;
     }
-    return makeHandle({ child, url, port, mediaPort, dataDir, logPath, name, isExited: () => exited });
+    return makeHandle({ child, url, port, mediaPort, dataDir, logPath, name, isExited: () => exited, host, tls, ca });
   }
   let tail = '';
   try {
@@ -143,10 +176,17 @@ export async function startServer({ name = 'e2e', readyTimeout = 30_000 } = {}) 
   throw new Error(`medrelay did not become ready: ${lastErr?.message}\n--- server log tail ---\n${tail}`);
 }
 
-function makeHandle({ child, url, port, mediaPort, dataDir, logPath, name, isExited }) {
+function makeHandle({ child, url, port, mediaPort, dataDir, logPath, name, isExited, host = '127.0.0.1', tls = null, ca = null }) {
+  const wsBase = `${tls ? 'wss' : 'ws'}://${host}:${port}`;
   return {
     url,
-    wsUrl: `ws://127.0.0.1:${port}/ws`,
+    wsUrl: `${wsBase}/ws`,
+    /** ws(s)://host:port, for other WebSocket endpoints (/telemetry/view, /telemetry/ingest). */
+    wsBase,
+    host,
+    /** The CA certificate (PEM Buffer) clients trust when serving TLS, else null. */
+    ca,
+    tls,
     port,
     mediaPort,
     dataDir,
@@ -155,9 +195,16 @@ function makeHandle({ child, url, port, mediaPort, dataDir, logPath, name, isExi
     pid: child.pid,
     /** Is the server process still alive? */
     alive: () => !isExited(),
-    /** Mints a token with `medrelay token`. `ttl` is humantime ("2h", "1s"). */
-    async token({ room, identity, role, ttl = '2h' }) {
-      const args = ['token', '--data-dir', dataDir, '--room', room, '--identity', identity, '--role', role, '--ttl', ttl];
+    /**
+     * Mints a token with `medrelay token`. `ttl` is humantime ("2h", "1s"). `room` and
+     * `identity` may be left out for telemetry tokens; `ambulance` names a stream.
+     */
+    async token({ room, identity, role, ttl = '2h', ambulance }) {
+      const args = ['token', '--data-dir', dataDir];
+      if (room !== undefined && room !== null) args.push('--room', room);
+      if (ambulance !== undefined && ambulance !== null) args.push('--ambulance', ambulance);
+      if (identity !== undefined && identity !== null) args.push('--identity', identity);
+      args.push('--role', role, '--ttl', ttl);
       const { stdout } = await execFileP(BIN, args, { timeout: 10_000 });
       const tok = stdout.trim().split('\n').pop().trim();
       if (!tok) throw new Error(`medrelay token printed nothing for ${safeJson(args)}`);
@@ -175,23 +222,32 @@ function makeHandle({ child, url, port, mediaPort, dataDir, logPath, name, isExi
         return '';
       }
     },
-    /** Saves /metrics next to the log, SIGTERM, then SIGKILL after 5 s; removes the data dir. */
-    async stop() {
+    /** Sends a signal to the server process (e.g. SIGSTOP / SIGCONT). */
+    signal(sig) {
+      child.kill(sig);
+    },
+    /**
+     * Saves /metrics next to the log, SIGTERM, then SIGKILL after 5 s; removes the data dir
+     * unless `keepDataDir`. `kill: true` sends SIGKILL at once (a crash), without /metrics.
+     */
+    async stop({ keepDataDir = false, kill = false } = {}) {
       if (!isExited()) {
-        try {
-          const res = await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(2000) });
-          fs.writeFileSync(logPath.replace(/\.server\.log$/, '.metrics.txt'), await res.text());
-        } catch {
-          /* best effort */
+        if (!kill) {
+          try {
+            const res = await request(`${url}/metrics`, { ca, timeout: 2000 });
+            fs.writeFileSync(logPath.replace(/\.server\.log$/, '.metrics.txt'), res.body);
+          } catch {
+            /* best effort */
+          }
         }
         const gone = new Promise((r) => child.once('exit', r));
-        child.kill('SIGTERM');
+        child.kill(kill ? 'SIGKILL' : 'SIGTERM');
         const t = setTimeout(() => child.kill('SIGKILL'), 5000);
         await gone;
         clearTimeout(t);
       }
       running.delete(child);
-      fs.rmSync(dataDir, { recursive: true, force: true });
+      if (!keepDataDir) fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }
