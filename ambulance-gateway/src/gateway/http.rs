@@ -29,6 +29,8 @@ const AGENT_IDLE: Duration = Duration::from_secs(10);
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A viewer whose socket accepts nothing for this long is closed.
 const VIEWER_STALL: Duration = Duration::from_secs(10);
+/// Most messages a viewer's writer sends per socket write.
+const VIEWER_BATCH: usize = 256;
 /// Largest text message from a viewer.
 const MAX_VIEWER_TEXT: usize = 64 * 1024;
 /// How long consult tokens made by the dashboard stay valid.
@@ -150,11 +152,16 @@ impl Visible {
         }
     }
 
+    /// The entries of `list` (sorted by id) this token may see.
     fn filter(&self, list: &[StreamSummary]) -> Vec<StreamSummary> {
-        list.iter()
-            .filter(|s| self.allows(&s.id))
-            .cloned()
-            .collect()
+        match self {
+            Visible::All => list.to_vec(),
+            Visible::One(id) => list
+                .binary_search_by(|s| s.id.cmp(id))
+                .map(|i| vec![list[i].clone()])
+                .unwrap_or_default(),
+            Visible::None => Vec::new(),
+        }
     }
 }
 
@@ -180,6 +187,7 @@ async fn ingest(
         .map_err(|_| forbidden("the token names no valid ambulance"))?;
     // Messages up to 1 MiB are read so that oversized frames get a typed `too_large` error.
     Ok(ws
+        .read_buffer_size(16 * 1024)
         .max_message_size(1 << 20)
         .max_frame_size(1 << 20)
         .on_upgrade(move |socket| agent_session(gw, stream, socket)))
@@ -325,7 +333,9 @@ fn control(msg: &GatewayControl) -> Message {
 // ----- viewers --------------------------------------------------------------------------------
 
 async fn view(ws: WebSocketUpgrade, State(gw): State<Arc<Gateway>>) -> Response {
-    ws.max_message_size(1 << 20)
+    // Viewers send little: a small read buffer (the default 128 KiB is zeroed on each read).
+    ws.read_buffer_size(4 * 1024)
+        .max_message_size(1 << 20)
         .on_upgrade(move |socket| viewer_session(gw, socket))
 }
 
@@ -520,18 +530,24 @@ async fn viewer_writer(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_list: Option<Vec<StreamSummary>> = None;
     let mut reported_drops = 0;
+    let mut batch = Vec::with_capacity(VIEWER_BATCH);
     loop {
-        while let Some((msg, queued)) = viewer.pop() {
-            let msg = match msg {
-                Outgoing::Text(t) => Message::Text(Utf8Bytes::from(&*t)),
-                Outgoing::Binary(b) => Message::Binary(b),
-            };
-            match tokio::time::timeout(VIEWER_STALL, sink.send(msg)).await {
-                Ok(Ok(())) => {
-                    if let Some(queued) = queued {
-                        gw.metrics.fanout.observe(queued.elapsed().as_secs_f64());
-                    }
+        viewer.drain_into(&mut batch, VIEWER_BATCH);
+        if !batch.is_empty() {
+            // Everything queued goes out with one flush (one write to the socket), under one
+            // stall limit for the whole batch.
+            let send_all = async {
+                for (msg, _) in &batch {
+                    let msg = match msg {
+                        Outgoing::Text(t) => Message::Text(Utf8Bytes::from(&**t)),
+                        Outgoing::Binary(b) => Message::Binary(b.clone()),
+                    };
+                    sink.feed(msg).await?;
                 }
+                sink.flush().await
+            };
+            match tokio::time::timeout(VIEWER_STALL, send_all).await {
+                Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
                     info!(
@@ -541,6 +557,12 @@ async fn viewer_writer(
                     return;
                 }
             }
+            for (_, queued) in batch.drain(..) {
+                if let Some(queued) = queued {
+                    gw.metrics.fanout.observe(queued.elapsed().as_secs_f64());
+                }
+            }
+            continue;
         }
         tokio::select! {
             _ = viewer.wake.notified() => {}

@@ -2,9 +2,10 @@
 //!
 //! The sans-IO parts are [`ingest`] (sequencing), [`alarms`] (rules), [`viewer`] (messages
 //! and bounded queues) and [`stream`] (one [`stream::AmbulanceStream`] tying them together).
-//! This module holds the shared [`Gateway`] state and the durability worker: one thread that
-//! appends records to the streams' journals, syncs them in batches and reports what became
-//! durable, so that agents are acknowledged only for what survives a crash.
+//! This module holds the shared [`Gateway`] state and the journal threads: each owns the
+//! journals of a share of the streams, appends their records, syncs them in batches and
+//! reports what became durable, so that agents are acknowledged only for what survives a
+//! crash.
 //! [`http`] has the WebSocket and REST handlers.
 
 pub mod alarms;
@@ -34,6 +35,12 @@ pub struct GatewayConfig {
     /// How much recent data each stream keeps in memory.
     pub ring_seconds: u32,
 }
+
+/// Journal threads; each owns the journals of a share of the streams, so that their
+/// `fdatasync`s proceed in parallel.
+const JOURNAL_THREADS: usize = 4;
+/// Most append jobs in one batch (one sync per stream per batch).
+const MAX_BATCH_JOBS: usize = 65_536;
 
 /// Frames per second a ring buffer is sized for (25 waveform frames and a few numerics).
 const RING_FRAMES_PER_SECOND: usize = 30;
@@ -87,7 +94,8 @@ pub struct Gateway {
     streams: Mutex<HashMap<StreamId, Arc<StreamSlot>>>,
     /// Serializes journal recovery so a stream is loaded once.
     loading: tokio::sync::Mutex<()>,
-    jobs: std::sync::mpsc::Sender<Job>,
+    /// One queue per journal thread; a stream's jobs always go to the same one.
+    jobs: Vec<std::sync::mpsc::Sender<Job>>,
     summaries: Mutex<Arc<Vec<StreamSummary>>>,
     metrics: metrics::GatewayMetrics,
 }
@@ -96,7 +104,8 @@ impl Gateway {
     /// Starts the gateway: the durability worker thread and the timer task (silence alarms,
     /// the streams list). Call inside a tokio runtime.
     pub fn start(config: GatewayConfig, keys: TokenKeys) -> Arc<Gateway> {
-        let (jobs, rx) = std::sync::mpsc::channel();
+        let (jobs, queues): (Vec<_>, Vec<_>) =
+            (0..JOURNAL_THREADS).map(|_| std::sync::mpsc::channel()).unzip();
         let gw = Arc::new(Gateway {
             config,
             keys,
@@ -106,11 +115,13 @@ impl Gateway {
             summaries: Mutex::new(Arc::new(Vec::new())),
             metrics: metrics::GatewayMetrics::new(),
         });
-        let weak = Arc::downgrade(&gw);
-        std::thread::Builder::new()
-            .name("telemetry-journal".into())
-            .spawn(move || durability_worker(rx, weak))
-            .expect("spawn the journal thread");
+        for rx in queues {
+            let weak = Arc::downgrade(&gw);
+            std::thread::Builder::new()
+                .name("telemetry-journal".into())
+                .spawn(move || durability_worker(rx, weak))
+                .expect("spawn a journal thread");
+        }
         tokio::spawn(timer(Arc::downgrade(&gw)));
         gw
     }
@@ -158,7 +169,7 @@ impl Gateway {
             stream.restore_layout(seq, layout);
         }
         info!(stream = %id, durable, "telemetry stream loaded");
-        let _ = self.jobs.send(Job::Adopt(id.clone(), journal));
+        let _ = self.journal_queue(id).send(Job::Adopt(id.clone(), journal));
         let slot = Arc::new(StreamSlot {
             state: Mutex::new(stream),
             agent: Mutex::new(None),
@@ -173,8 +184,15 @@ impl Gateway {
     /// Hands records to the durability worker.
     pub fn persist(&self, id: &StreamId, records: Vec<JournalRecord>) {
         if !records.is_empty() {
-            let _ = self.jobs.send(Job::Append(id.clone(), records));
+            let _ = self.journal_queue(id).send(Job::Append(id.clone(), records));
         }
+    }
+
+    fn journal_queue(&self, id: &StreamId) -> &std::sync::mpsc::Sender<Job> {
+        use std::hash::{BuildHasher, RandomState};
+        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let hash = HASHER.get_or_init(RandomState::new).hash_one(id);
+        &self.jobs[hash as usize % self.jobs.len()]
     }
 
     /// Registers `tx` as the stream's agent connection (replacing an older one, whose
@@ -253,7 +271,7 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
     while let Ok(first) = rx.recv() {
         let mut synced: HashMap<StreamId, u64> = HashMap::new();
         let mut failed: Vec<StreamId> = Vec::new();
-        for job in std::iter::once(first).chain(rx.try_iter().take(16_384)) {
+        for job in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
             match job {
                 Job::Adopt(id, journal) => {
                     journals.insert(id, journal);

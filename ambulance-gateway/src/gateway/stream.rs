@@ -61,7 +61,7 @@ impl Viewer {
     }
 
     /// Queues a message and wakes the writer.
-    pub fn push(&self, stream: Option<&StreamId>, msg: Outgoing) {
+    pub fn push(&self, stream: Option<&Arc<StreamId>>, msg: Outgoing) {
         let now = std::time::Instant::now();
         self.queue
             .lock()
@@ -70,9 +70,11 @@ impl Viewer {
         self.wake.notify_one();
     }
 
-    /// Takes the next message, if any, with the time it was queued.
-    pub fn pop(&self) -> Option<(Outgoing, Option<std::time::Instant>)> {
-        self.queue.lock().expect("viewer queue").pop()
+    /// Moves up to `max` queued messages, with the times they were queued, into `out` under
+    /// one lock.
+    pub fn drain_into(&self, out: &mut Vec<(Outgoing, Option<std::time::Instant>)>, max: usize) {
+        let mut queue = self.queue.lock().expect("viewer queue");
+        out.extend(std::iter::from_fn(|| queue.pop()).take(max));
     }
 
     /// Messages this viewer lost to overflow.
@@ -107,7 +109,7 @@ pub struct FrameOutcome {
 
 /// One ambulance's live stream.
 pub struct AmbulanceStream {
-    id: StreamId,
+    id: Arc<StreamId>,
     ingest: StreamIngest,
     alarms: AlarmEngine,
     ring: HeapRb<RingEntry>,
@@ -123,7 +125,7 @@ impl AmbulanceStream {
     /// frames.
     pub fn new(id: StreamId, durable: u64, ring_frames: usize, now_ms: i64) -> Self {
         Self {
-            id,
+            id: Arc::new(id),
             ingest: StreamIngest::new(durable),
             alarms: AlarmEngine::new(now_ms),
             ring: HeapRb::new(ring_frames.max(1)),
@@ -355,7 +357,7 @@ impl AmbulanceStream {
     /// The stream as listed to viewers.
     pub fn summary(&self) -> StreamSummary {
         StreamSummary {
-            id: self.id.clone(),
+            id: StreamId::clone(&self.id),
             link: if self.link_up { "up" } else { "down" },
             last_update_ms: self.last_update_ms,
             numerics: self.numerics.clone(),
@@ -448,7 +450,9 @@ mod tests {
     }
 
     fn drain(v: &Viewer) -> Vec<Outgoing> {
-        std::iter::from_fn(|| v.pop().map(|(m, _)| m)).collect()
+        let mut out = Vec::new();
+        v.drain_into(&mut out, usize::MAX);
+        out.into_iter().map(|(m, _)| m).collect()
     }
 
     fn seqs(msgs: &[Outgoing]) -> Vec<(u64, u8)> {

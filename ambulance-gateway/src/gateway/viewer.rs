@@ -159,9 +159,9 @@ pub const VIEWER_QUEUE: usize = 1024;
 /// a `gap` message before the next one it receives. Never blocks the producer.
 #[derive(Debug)]
 pub struct ViewerQueue {
-    items: VecDeque<(Option<StreamId>, Outgoing, Instant)>,
+    items: VecDeque<(Option<Arc<StreamId>>, Outgoing, Instant)>,
     capacity: usize,
-    dropped: HashMap<StreamId, u64>,
+    dropped: HashMap<Arc<StreamId>, u64>,
     dropped_total: u64,
 }
 
@@ -177,7 +177,7 @@ impl ViewerQueue {
     }
 
     /// Queues a message (about `stream`, if any) made at `at`, dropping the oldest when full.
-    pub fn push(&mut self, stream: Option<&StreamId>, msg: Outgoing, at: Instant) {
+    pub fn push(&mut self, stream: Option<&Arc<StreamId>>, msg: Outgoing, at: Instant) {
         if self.items.len() == self.capacity
             && let Some((old_stream, _, _)) = self.items.pop_front()
         {
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_its_oldest_and_announces_the_gap() {
-        let s: StreamId = "AMB-1".parse().unwrap();
+        let s: Arc<StreamId> = Arc::new("AMB-1".parse().unwrap());
         let mut q = ViewerQueue::new(3);
         let t = Instant::now();
         for i in 0..5u8 {
