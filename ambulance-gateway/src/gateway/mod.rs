@@ -38,9 +38,12 @@ pub struct GatewayConfig {
 
 /// Journal threads; each owns the journals of a share of the streams, so that their
 /// `fdatasync`s proceed in parallel.
-const JOURNAL_THREADS: usize = 4;
+const JOURNAL_THREADS: usize = 2;
+/// A journal thread starts a batch at most this often (group commit): every stream it owns
+/// is synced at most once per period, however many frames arrive.
+const GROUP_COMMIT: Duration = Duration::from_millis(500);
 /// Most append jobs in one batch (one sync per stream per batch).
-const MAX_BATCH_JOBS: usize = 65_536;
+const MAX_BATCH_JOBS: usize = 1 << 20;
 
 /// Frames per second a ring buffer is sized for (25 waveform frames and a few numerics).
 const RING_FRAMES_PER_SECOND: usize = 30;
@@ -268,7 +271,12 @@ fn recover(dir: PathBuf) -> Result<(Journal, u64, Option<(u64, Layout)>), Journa
 /// Appends and syncs in batches; reports what became durable.
 fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
     let mut journals: HashMap<StreamId, Journal> = HashMap::new();
+    let mut last_batch: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
+        if let Some(wait) = last_batch.and_then(|t| GROUP_COMMIT.checked_sub(t.elapsed())) {
+            std::thread::sleep(wait);
+        }
+        last_batch = Some(std::time::Instant::now());
         let mut synced: HashMap<StreamId, u64> = HashMap::new();
         let mut failed: Vec<StreamId> = Vec::new();
         for job in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
