@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Seconds of recent telemetry each ambulance stream keeps in memory [default: 120].
     #[arg(long, env = "MEDRELAY_TELEMETRY_RING_SECONDS")]
     pub telemetry_ring_seconds: Option<u32>,
+    /// Accept HL7 v2 (IHE PCD-01) from monitors over MLLP on this TCP address [default: off].
+    #[arg(long, env = "MEDRELAY_MLLP_LISTEN")]
+    pub mllp_listen: Option<SocketAddr>,
 }
 
 /// The same settings as read from the TOML file.
@@ -58,6 +61,7 @@ struct FileConfig {
     insecure: Option<bool>,
     api_key: Option<String>,
     telemetry_ring_seconds: Option<u32>,
+    mllp_listen: Option<SocketAddr>,
 }
 
 /// How HTTPS is provided.
@@ -81,6 +85,7 @@ pub struct ServeConfig {
     pub tls: Tls,
     pub api_key: Option<String>,
     pub telemetry_ring_seconds: u32,
+    pub mllp_listen: Option<SocketAddr>,
 }
 
 /// Why the configuration cannot be used.
@@ -101,6 +106,11 @@ pub enum ConfigError {
          configure --tls-cert/--tls-key or --tls-self-signed, or pass --insecure"
     )]
     PlainHttpOutsideLoopback(SocketAddr),
+    #[error(
+        "refusing to accept MLLP (plain TCP, no TLS) on {0}, which is not a loopback address: \
+         pass --insecure to allow it"
+    )]
+    PlainMllpOutsideLoopback(SocketAddr),
     #[error("give either --tls-cert/--tls-key or --tls-self-signed, not both")]
     TwoTlsSources,
 }
@@ -138,6 +148,13 @@ impl ServeArgs {
         if tls == Tls::Off && !listen.ip().is_loopback() && !insecure {
             return Err(ConfigError::PlainHttpOutsideLoopback(listen));
         }
+        let mllp_listen = self.mllp_listen.or(file.mllp_listen);
+        if let Some(addr) = mllp_listen
+            && !addr.ip().is_loopback()
+            && !insecure
+        {
+            return Err(ConfigError::PlainMllpOutsideLoopback(addr));
+        }
         Ok(ServeConfig {
             listen,
             media_port: self.media_port.or(file.media_port).unwrap_or(50000),
@@ -153,6 +170,7 @@ impl ServeArgs {
                 .or(file.telemetry_ring_seconds)
                 .unwrap_or(120)
                 .clamp(10, 3600),
+            mllp_listen,
         })
     }
 }
@@ -194,6 +212,43 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(tls.tls, Tls::SelfSigned);
+    }
+
+    #[test]
+    fn mllp_is_off_by_default_and_loopback_only_unless_insecure() {
+        assert_eq!(ServeArgs::default().resolve().unwrap().mllp_listen, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("medrelay.toml");
+        std::fs::write(&path, "mllp_listen = \"127.0.0.1:2575\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(
+            from_file.resolve().unwrap().mllp_listen,
+            Some("127.0.0.1:2575".parse().unwrap())
+        );
+        let outside = || ServeArgs {
+            mllp_listen: Some("0.0.0.0:2575".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            outside().resolve(),
+            Err(ConfigError::PlainMllpOutsideLoopback(_))
+        ));
+        let tls = ServeArgs {
+            tls_self_signed: true,
+            ..outside()
+        };
+        assert!(
+            matches!(tls.resolve(), Err(ConfigError::PlainMllpOutsideLoopback(_))),
+            "HTTPS does not cover MLLP"
+        );
+        let insecure = ServeArgs {
+            insecure: true,
+            ..outside()
+        };
+        assert!(insecure.resolve().is_ok());
     }
 
     #[test]

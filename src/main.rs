@@ -127,6 +127,16 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         keys,
     );
     gateway.register_metrics(&state.metrics);
+    if let Some(addr) = config.mllp_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the MLLP address {addr}"))?;
+        info!("accepting HL7 v2 over MLLP on {addr}");
+        tokio::spawn(ambulance_gateway::gateway::mllp::serve_mllp(
+            gateway.clone(),
+            listener,
+        ));
+    }
 
     let app = signaling::routes(
         state,

@@ -39,6 +39,8 @@ class Server:
     media_port: int = 0
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="medrelay-py-")))
     log_path: Path | None = None
+    mllp: bool = False  # also accept HL7 v2 over MLLP (on mllp_port)
+    mllp_port: int = 0
 
     @property
     def url(self) -> str:
@@ -59,6 +61,9 @@ class Server:
             self.media_port = free_port(socket.SOCK_DGRAM)
             args = [str(BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--media-port",
                     str(self.media_port), "--data-dir", str(self.data_dir)]
+            if self.mllp:
+                self.mllp_port = free_port(socket.SOCK_STREAM)
+                args += ["--mllp-listen", f"127.0.0.1:{self.mllp_port}"]
             log = open(self.log_path, "w" if attempt == 0 else "a")
             log.write("# " + " ".join(args) + "\n")
             log.flush()
@@ -84,12 +89,13 @@ class Server:
             # exited early (a port taken in between?): try other ports
         raise RuntimeError(f"medrelay did not become ready: {last_err}\n--- server log ---\n{self.log_tail()}")
 
-    def token(self, room: str, identity: str, role: str, ttl: str = "2h") -> str:
-        out = subprocess.run(
-            [str(BIN), "token", "--data-dir", str(self.data_dir), "--room", room,
-             "--identity", identity, "--role", role, "--ttl", ttl],
-            check=True, capture_output=True, text=True, timeout=10,
-        )
+    def token(self, room: str | None, identity: str, role: str, ttl: str = "2h") -> str:
+        """A token; `room=None` for one that names no room (e.g. an ER console)."""
+        args = [str(BIN), "token", "--data-dir", str(self.data_dir)]
+        if room is not None:
+            args += ["--room", room]
+        args += ["--identity", identity, "--role", role, "--ttl", ttl]
+        out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=10)
         tok = out.stdout.strip().splitlines()[-1].strip() if out.stdout.strip() else ""
         if not tok:
             raise RuntimeError(f"medrelay token printed nothing: {out.stderr}")

@@ -80,13 +80,20 @@ for f in *.test.mjs; do
   sweep
 done
 
-# --- 4. pytest (aiortc interop) ----------------------------------------------------------------
-if selected aiortc || selected pytest; then
+# --- 4. pytest (aiortc interop, HL7 over MLLP) ------------------------------------------------
+# test_NAME.py is selected by a FILTER word in NAME, or by `pytest`.
+py_files=()
+for f in test_*.py; do
+  name=${f#test_}
+  name=${name%.py}
+  if selected "$name" || selected pytest; then py_files+=("$f"); fi
+done
+if [[ ${#py_files[@]} -gt 0 ]]; then
   echo
-  echo "--- e2e (pytest): test_*.py  [limit ${PYTEST_TIMEOUT}s] ---"
+  echo "--- e2e (pytest): ${py_files[*]}  [limit ${PYTEST_TIMEOUT}s] ---"
   rc=0
   if [[ -x $VENV_PY ]]; then
-    PYTHONDONTWRITEBYTECODE=1 timeout -k 10 "$PYTEST_TIMEOUT" "$VENV_PY" -m pytest -v --junitxml="$RESULTS/pytest.xml" . || rc=$?
+    PYTHONDONTWRITEBYTECODE=1 timeout -k 10 "$PYTEST_TIMEOUT" "$VENV_PY" -m pytest -v --junitxml="$RESULTS/pytest.xml" "${py_files[@]}" || rc=$?
     [[ $rc -eq 124 || $rc -eq 137 ]] && echo "e2e: pytest TIMED OUT after ${PYTEST_TIMEOUT}s"
   else
     echo "e2e: $VENV_PY is missing (scripts/test.sh creates it)" >&2

@@ -15,6 +15,8 @@ pub struct GatewayMetrics {
     pub viewer_dropped: IntCounter,
     /// Journal append or sync failures.
     pub journal_errors: IntCounter,
+    /// HL7 v2 messages received over MLLP, by acknowledgment code (`AA`, `AE`, `AR`).
+    pub hl7_messages: IntCounterVec,
     /// Viewers connected.
     pub viewers: IntGauge,
     /// Time from a message being queued for a viewer (as its frame is taken) until the
@@ -55,6 +57,14 @@ impl GatewayMetrics {
                 "Messages dropped from slow viewers' queues",
             ),
             journal_errors: counter("journal_errors_total", "Journal append or sync failures"),
+            hl7_messages: IntCounterVec::new(
+                Opts::new(
+                    "telemetry_hl7_messages_total",
+                    "HL7 v2 messages received over MLLP, by acknowledgment code",
+                ),
+                &["ack"],
+            )
+            .expect("metric"),
             viewers: gauge("viewers", "Viewers connected"),
             fanout: Histogram::with_opts(
                 HistogramOpts::new(
@@ -75,13 +85,14 @@ impl GatewayMetrics {
 
     /// Adds every metric to the server's registry.
     pub fn register(&self, registry: &signaling::metrics::Metrics) {
-        let all: [Box<dyn prometheus::core::Collector>; 10] = [
+        let all: [Box<dyn prometheus::core::Collector>; 11] = [
             Box::new(self.fanout.clone()),
             Box::new(self.frames.clone()),
             Box::new(self.duplicates.clone()),
             Box::new(self.rejected.clone()),
             Box::new(self.viewer_dropped.clone()),
             Box::new(self.journal_errors.clone()),
+            Box::new(self.hl7_messages.clone()),
             Box::new(self.viewers.clone()),
             Box::new(self.streams.clone()),
             Box::new(self.streams_up.clone()),

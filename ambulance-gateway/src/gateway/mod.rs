@@ -12,6 +12,7 @@ pub mod alarms;
 pub mod http;
 pub mod ingest;
 mod metrics;
+pub mod mllp;
 pub mod stream;
 pub mod viewer;
 
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use stream::{AmbulanceStream, JournalRecord, record_kind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 use viewer::StreamSummary;
 
@@ -67,14 +68,42 @@ struct AgentLink {
     tx: mpsc::UnboundedSender<GatewayControl>,
 }
 
+/// How far a stream's journal is durable, for waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    /// Every frame up to this sequence number is durable.
+    pub through: u64,
+    /// How often the stream was rewound after a journal failure (frames handed in before a
+    /// rewind are lost, and their sequence numbers reused).
+    pub rewinds: u64,
+}
+
 /// A stream and its agent connection.
 pub struct StreamSlot {
     /// The stream's state.
     pub state: Mutex<AmbulanceStream>,
     agent: Mutex<Option<AgentLink>>,
+    durability: watch::Sender<Durability>,
 }
 
 impl StreamSlot {
+    /// The durability now. Read it under the state lock right after handing frames in, to
+    /// pass to [`StreamSlot::wait_durable`].
+    pub fn durability(&self) -> Durability {
+        *self.durability.borrow()
+    }
+
+    /// Waits up to `limit` until every frame up to `seq` is durable. False if the time ran
+    /// out or the stream was rewound since `since` (the frames may be lost).
+    pub async fn wait_durable(&self, seq: u64, since: Durability, limit: Duration) -> bool {
+        let mut rx = self.durability.subscribe();
+        let done = |d: &Durability| d.through >= seq || d.rewinds != since.rewinds;
+        match tokio::time::timeout(limit, rx.wait_for(done)).await {
+            Ok(Ok(d)) => d.rewinds == since.rewinds,
+            _ => false,
+        }
+    }
+
     /// Sends a control message to the stream's agent, if one is connected.
     pub fn send_to_agent(&self, msg: GatewayControl) -> bool {
         self.agent
@@ -107,8 +136,9 @@ impl Gateway {
     /// Starts the gateway: the durability worker thread and the timer task (silence alarms,
     /// the streams list). Call inside a tokio runtime.
     pub fn start(config: GatewayConfig, keys: TokenKeys) -> Arc<Gateway> {
-        let (jobs, queues): (Vec<_>, Vec<_>) =
-            (0..JOURNAL_THREADS).map(|_| std::sync::mpsc::channel()).unzip();
+        let (jobs, queues): (Vec<_>, Vec<_>) = (0..JOURNAL_THREADS)
+            .map(|_| std::sync::mpsc::channel())
+            .unzip();
         let gw = Arc::new(Gateway {
             config,
             keys,
@@ -176,6 +206,10 @@ impl Gateway {
         let slot = Arc::new(StreamSlot {
             state: Mutex::new(stream),
             agent: Mutex::new(None),
+            durability: watch::Sender::new(Durability {
+                through: durable,
+                rewinds: 0,
+            }),
         });
         self.streams
             .lock()
@@ -187,7 +221,9 @@ impl Gateway {
     /// Hands records to the durability worker.
     pub fn persist(&self, id: &StreamId, records: Vec<JournalRecord>) {
         if !records.is_empty() {
-            let _ = self.journal_queue(id).send(Job::Append(id.clone(), records));
+            let _ = self
+                .journal_queue(id)
+                .send(Job::Append(id.clone(), records));
         }
     }
 
@@ -225,6 +261,8 @@ impl Gateway {
         let Some(slot) = self.slot(id) else { return };
         let ack = slot.state.lock().expect("stream").on_synced(through);
         if let Some(through) = ack {
+            slot.durability
+                .send_modify(|d| d.through = d.through.max(through));
             slot.send_to_agent(GatewayControl::Ack {
                 stream: id.clone(),
                 through,
@@ -236,7 +274,13 @@ impl Gateway {
         let Some(slot) = self.slot(id) else { return };
         // What was handed to the journal may not be on disk: forget it, so the agent (which
         // still holds everything unacknowledged) sends it again on its next connection.
-        slot.state.lock().expect("stream").rewind_to_durable();
+        {
+            let mut state = slot.state.lock().expect("stream");
+            state.rewind_to_durable();
+            // Under the lock, so that a producer reading the durability after handing frames
+            // in sees whether they were rewound.
+            slot.durability.send_modify(|d| d.rewinds += 1);
+        }
         slot.send_to_agent(GatewayControl::Error {
             code: "internal".into(),
             message: "the gateway could not store the stream; reconnect".into(),

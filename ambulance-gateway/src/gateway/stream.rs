@@ -147,6 +147,17 @@ impl AmbulanceStream {
         self.ingest.durable_through()
     }
 
+    /// The sequence number after the highest received: where a producer that numbers the
+    /// stream's frames itself (the HL7 listener) continues.
+    pub fn next_seq(&self) -> u64 {
+        self.ingest.max_seen() + 1
+    }
+
+    /// The current channels, if a layout was received.
+    pub fn layout(&self) -> Option<&[Channel]> {
+        self.layout.as_ref().map(|(_, c)| c.as_slice())
+    }
+
     /// Number of viewers subscribed.
     pub fn viewer_count(&self) -> usize {
         self.viewers.len()

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     UnsupportedProcessingId,
     /// 203: the version is not supported.
     UnsupportedVersionId,
+    /// 207: the receiver failed (e.g. could not store the message in time).
+    ApplicationInternalError,
 }
 
 impl ErrorCode {
@@ -61,6 +63,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedEventCode => 201,
             ErrorCode::UnsupportedProcessingId => 202,
             ErrorCode::UnsupportedVersionId => 203,
+            ErrorCode::ApplicationInternalError => 207,
         }
     }
 
@@ -75,6 +78,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedEventCode => "Unsupported event code",
             ErrorCode::UnsupportedProcessingId => "Unsupported processing id",
             ErrorCode::UnsupportedVersionId => "Unsupported version id",
+            ErrorCode::ApplicationInternalError => "Application internal error",
         }
     }
 }
