@@ -105,7 +105,7 @@ def pytest_results(t: Totals, xml: Path, rc_file: Path) -> None:
         f += 1
         note = f"  (pytest {'timed out' if rc in (124, 137) else f'exited {rc}'})"
         t.failures.append(f"pytest exited {rc}")
-    t.add("e2e pytest (aiortc)", p, f, s, note)
+    t.add("e2e pytest (aiortc, HL7 and more)", p, f, s, note)
 
 
 def main() -> int:
