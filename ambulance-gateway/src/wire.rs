@@ -584,6 +584,23 @@ pub enum GatewayControl {
 }
 
 #[cfg(test)]
+impl Frame {
+    /// A frame of stream `AMB-7` without flags, for tests.
+    pub(crate) fn for_test(seq: u64, capture_us: i64, payload: Payload) -> Frame {
+        Frame {
+            header: Header {
+                kind: payload.kind(),
+                flags: 0,
+                stream: "AMB-7".parse().expect("valid id"),
+                seq,
+                capture_us,
+            },
+            payload,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -321,6 +321,7 @@ test('/openapi.json (no key needed) documents every REST path, the X-Api-Key and
     '/api/rooms/{room}/tokens': ['post'],
     '/telemetry/streams': ['get'],
     '/telemetry/streams/{id}/consult': ['post'],
+    '/telemetry/streams/{id}/record.edf': ['get'],
   };
   for (const [p, methods] of Object.entries(want)) {
     assert.ok(paths[p], `${p} missing from /openapi.json (has ${Object.keys(paths).join(', ')})`);

@@ -43,15 +43,17 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .route("/telemetry/view", get(view))
         .route("/telemetry/streams", get(list_streams))
         .route("/telemetry/streams/{id}/consult", post(open_consult))
-        .with_state(gw)
+        .with_state(gw.clone())
+        .merge(crate::gateway::fhir::routes(gw.clone()))
+        .merge(crate::gateway::edf_export::routes(gw))
 }
 
 /// A refused HTTP request: status and a typed JSON body.
 #[derive(Debug)]
 pub struct HttpError {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: &'static str,
-    message: String,
+    pub(crate) message: String,
 }
 
 /// The JSON body of an error.
@@ -64,7 +66,17 @@ pub struct ErrorBody {
 }
 
 impl HttpError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// 404 for a stream that does not exist or that the token may not see (the same answer
+    /// for both, so tokens cannot probe for streams).
+    pub(crate) fn unknown_stream(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_stream",
+            format!("no stream {id}"),
+        )
+    }
+
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -99,7 +111,7 @@ fn verify(gw: &Gateway, token: &str) -> Result<Claims, HttpError> {
         })
 }
 
-fn bearer(gw: &Gateway, headers: &HeaderMap) -> Result<Claims, HttpError> {
+pub(crate) fn bearer(gw: &Gateway, headers: &HeaderMap) -> Result<Claims, HttpError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -116,14 +128,14 @@ fn bearer(gw: &Gateway, headers: &HeaderMap) -> Result<Claims, HttpError> {
 
 /// Which streams a viewer's token lets it see.
 #[derive(Debug, Clone)]
-enum Visible {
+pub(crate) enum Visible {
     All,
     One(StreamId),
     None,
 }
 
 impl Visible {
-    fn of(claims: &Claims) -> Result<Self, HttpError> {
+    pub(crate) fn of(claims: &Claims) -> Result<Self, HttpError> {
         let forbidden = || {
             HttpError::new(
                 StatusCode::FORBIDDEN,
@@ -144,7 +156,7 @@ impl Visible {
         })
     }
 
-    fn allows(&self, id: &StreamId) -> bool {
+    pub(crate) fn allows(&self, id: &StreamId) -> bool {
         match self {
             Visible::All => true,
             Visible::One(one) => one == id,
@@ -628,13 +640,7 @@ async fn open_consult(
             "only er staff open consults",
         ));
     }
-    let not_found = || {
-        HttpError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_stream",
-            format!("no stream {id}"),
-        )
-    };
+    let not_found = || HttpError::unknown_stream(&id);
     let stream: StreamId = id.parse().map_err(|_| not_found())?;
     let visible = Visible::of(&claims)?;
     let slot = visible
@@ -669,7 +675,7 @@ async fn open_consult(
 /// The OpenAPI description of the gateway's REST endpoints.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(list_streams, open_consult),
+    paths(list_streams, open_consult, crate::gateway::edf_export::record_edf),
     components(schemas(StreamSummary, ConsultLinks, ErrorBody)),
     modifiers(&BearerAuth)
 )]

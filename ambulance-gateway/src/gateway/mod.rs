@@ -9,10 +9,13 @@
 //! [`http`] has the WebSocket and REST handlers.
 
 pub mod alarms;
+pub mod edf_export;
+pub mod fhir;
 pub mod http;
 pub mod ingest;
 mod metrics;
 pub mod mllp;
+pub mod record;
 pub mod stream;
 pub mod viewer;
 
@@ -117,6 +120,11 @@ impl StreamSlot {
 enum Job {
     Adopt(StreamId, Journal),
     Append(StreamId, Vec<JournalRecord>),
+    /// A reader of the stream's durable records (answered after the batch's syncs).
+    Read(
+        StreamId,
+        tokio::sync::oneshot::Sender<Result<recorder::journal::Records, JournalError>>,
+    ),
 }
 
 /// Shared gateway state.
@@ -227,6 +235,23 @@ impl Gateway {
         }
     }
 
+    /// The stream's durable record, read from its journal (see [`record::StreamRecord`]).
+    pub async fn record(
+        self: &Arc<Self>,
+        id: &StreamId,
+        window: record::Window,
+    ) -> Result<record::StreamRecord, JournalError> {
+        self.load(id).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.journal_queue(id).send(Job::Read(id.clone(), tx));
+        let records = rx.await.map_err(|_| {
+            JournalError::from(std::io::Error::other("the journal thread has stopped"))
+        })??;
+        tokio::task::spawn_blocking(move || record::StreamRecord::collect(records, window))
+            .await
+            .expect("record reading task")
+    }
+
     fn journal_queue(&self, id: &StreamId) -> &std::sync::mpsc::Sender<Job> {
         use std::hash::{BuildHasher, RandomState};
         static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
@@ -323,11 +348,13 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
         last_batch = Some(std::time::Instant::now());
         let mut synced: HashMap<StreamId, u64> = HashMap::new();
         let mut failed: Vec<StreamId> = Vec::new();
+        let mut reads = Vec::new();
         for job in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
             match job {
                 Job::Adopt(id, journal) => {
                     journals.insert(id, journal);
                 }
+                Job::Read(id, reply) => reads.push((id, reply)),
                 Job::Append(id, records) => {
                     let Some(journal) = journals.get_mut(&id) else {
                         continue;
@@ -364,6 +391,11 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
         for id in failed {
             gw.metrics.journal_errors.inc();
             gw.journal_failed(&id);
+        }
+        for (id, reply) in reads {
+            if let Some(journal) = journals.get(&id) {
+                let _ = reply.send(journal.records());
+            }
         }
     }
 }

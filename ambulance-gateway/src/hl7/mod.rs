@@ -13,7 +13,7 @@
 //! `mllp::encode(&reject_frame(&error, now))`) and keep the connection open.
 
 pub mod ack;
-mod dtm;
+pub(crate) mod dtm;
 pub mod message;
 pub mod mllp;
 pub mod pcd01;
