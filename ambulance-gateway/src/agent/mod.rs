@@ -1,6 +1,7 @@
 //! The ambulance agent, `medrelay ambulance` (`docs/telemetry.md`).
 //!
-//! It reads a monitor's samples in real time (a raw recording, [`source::RawSource`], or the
+//! It reads a monitor's samples in real time (a raw recording, [`source::RawSource`], an EDF
+//! file, [`edf_source::EdfSource`], a DICOM ECG, [`dicom_source::DicomSource`], or the
 //! [`simulator`]), cuts them into frames ([`source::Framer`]), stores every frame in its disk
 //! [`spool`] before sending it, and sends frames to the gateway over a WebSocket until they
 //! are acknowledged. The [`uplink`] core decides what goes on the wire when (live first,
@@ -9,6 +10,8 @@
 //!
 //! Entry point: [`run`] with the command line's [`AgentArgs`].
 
+pub mod dicom_source;
+pub mod edf_source;
 mod shell;
 pub mod simulator;
 pub mod source;
@@ -23,11 +26,30 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Format of a recording given with `--source`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// Interleaved samples without a header (see `--sample-type`, `--channels`).
-    #[default]
     Raw,
+    /// EDF or EDF+ (channels, rate and scaling from the file).
+    Edf,
+    /// DICOM ECG Waveform Storage, 12-lead or general (channels, rate and scaling from the
+    /// file).
+    Dicom,
+}
+
+impl Format {
+    /// The format a file name suggests: `.edf` EDF, `.dcm`/`.dicom` DICOM, else raw.
+    fn of(path: &std::path::Path) -> Self {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("edf") => Format::Edf,
+            Some("dcm" | "dicom") => Format::Dicom,
+            _ => Format::Raw,
+        }
+    }
 }
 
 /// `medrelay ambulance`: stream a monitor (a recording or the simulator) to the gateway.
@@ -49,9 +71,10 @@ pub struct AgentArgs {
     /// A recording to replay in real time.
     #[arg(long, value_name = "FILE")]
     pub source: Option<PathBuf>,
-    /// The recording's format.
-    #[arg(long, value_enum, default_value_t, requires = "source")]
-    pub format: Format,
+    /// The recording's format (default: from the file name, `.edf` EDF, `.dcm` DICOM, else
+    /// raw).
+    #[arg(long, value_enum, requires = "source")]
+    pub format: Option<Format>,
     /// Samples per second of each channel (default 500 for --simulate; required with --source).
     #[arg(long)]
     pub rate: Option<f64>,
@@ -151,6 +174,8 @@ pub enum AgentError {
 #[derive(Debug, Clone)]
 enum SourceSpec {
     Raw(RawSpec),
+    Edf(PathBuf),
+    Dicom(PathBuf),
     Simulated(simulator::SimConfig),
 }
 
@@ -180,7 +205,25 @@ impl Settings {
                 .map_err(|_| AgentError::Usage(format!("invalid stream id {s:?}")))?,
             None => stream_from_token(&args.token)?,
         };
-        let source = if let Some(path) = args.source {
+        let format = args
+            .source
+            .as_deref()
+            .map(|p| args.format.unwrap_or(Format::of(p)));
+        let source = if let (Some(path), Some(Format::Edf | Format::Dicom)) = (&args.source, format)
+        {
+            if args.rate.is_some() || args.gain.is_some() || !args.labels.is_empty() {
+                return Err(AgentError::Usage(
+                    "--rate, --gain and --labels are for raw recordings; EDF and DICOM files \
+                     carry their own"
+                        .into(),
+                ));
+            }
+            if format == Some(Format::Edf) {
+                SourceSpec::Edf(path.clone())
+            } else {
+                SourceSpec::Dicom(path.clone())
+            }
+        } else if let Some(path) = args.source {
             let (Some(rate_hz), Some(gain)) = (args.rate, args.gain) else {
                 return Err(AgentError::Usage("--source needs --rate and --gain".into()));
             };
@@ -390,5 +433,23 @@ mod tests {
             .is_err()
         );
         assert!(Cli::try_parse_from(["x", "--gateway", "ws://h", "--token", "t"]).is_err());
+    }
+
+    #[test]
+    fn edf_and_dicom_files_are_known_by_name_or_format() {
+        let s = settings(&["--source", "a/ecg.EDF"]).unwrap();
+        assert!(matches!(s.source, SourceSpec::Edf(p) if p == std::path::Path::new("a/ecg.EDF")));
+        let s = settings(&["--source", "ecg.dcm"]).unwrap();
+        assert!(matches!(s.source, SourceSpec::Dicom(_)));
+        let s = settings(&["--source", "ecg.bin", "--format", "dicom"]).unwrap();
+        assert!(matches!(s.source, SourceSpec::Dicom(_)));
+        assert!(matches!(
+            settings(&["--source", "ecg.edf", "--rate", "500"]),
+            Err(AgentError::Usage(_))
+        ));
+        assert!(matches!(
+            settings(&["--source", "ecg.edf", "--format", "raw"]),
+            Err(AgentError::Usage(_))
+        ));
     }
 }

@@ -1,6 +1,8 @@
 //! The agent's async shell: it paces the source in real time, writes the spool, owns the
 //! WebSocket and the timers, and carries out what the [`Uplink`] core asks for.
 
+use super::dicom_source::DicomSource;
+use super::edf_source::EdfSource;
 use super::simulator::Simulator;
 use super::source::{FRAMES_PER_SEC, Framer, Produced, RawSource, Source};
 use super::spool::{SEGMENT_BYTES, Spool};
@@ -105,6 +107,8 @@ pub(super) async fn run(settings: Settings) -> Result<(), AgentError> {
     request.headers_mut().insert(AUTHORIZATION, bearer);
     let source: Box<dyn Source> = match &settings.source {
         SourceSpec::Raw(spec) => Box::new(RawSource::open(spec.clone())?),
+        SourceSpec::Edf(path) => Box::new(EdfSource::open(path)?),
+        SourceSpec::Dicom(path) => Box::new(DicomSource::open(path)?),
         SourceSpec::Simulated(cfg) => Box::new(Simulator::new(*cfg)?),
     };
     let (spool, recovered) = Spool::open(

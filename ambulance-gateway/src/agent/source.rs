@@ -45,13 +45,23 @@ pub trait Source: Send {
     /// The samples `start..start + count` of every channel, in layout order. At the end of
     /// the source fewer (possibly none) are returned.
     fn read(&mut self, start: u64, count: usize) -> Result<Vec<Vec<i32>>, SourceError>;
-    /// The vital signs of second `second` of the source (empty when it has none).
-    fn numerics(&self, second: u64) -> Vec<Numeric>;
+    /// The vital signs of second `second` of the source (recordings have none).
+    fn numerics(&self, _second: u64) -> Vec<Numeric> {
+        Vec::new()
+    }
     /// Whether [`Source::numerics`] ever returns values.
-    fn has_numerics(&self) -> bool;
+    fn has_numerics(&self) -> bool {
+        false
+    }
     /// Names what is being read, so that a restart with another source does not resume at
     /// the old one's position.
     fn identity(&self) -> String;
+}
+
+/// The identity of a recording: its kind, canonical path and a detail (e.g. channel count).
+pub fn file_identity(kind: &str, path: &std::path::Path, detail: &str) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    format!("{kind}:{}:{detail}", path.display())
 }
 
 /// How samples are stored in a raw recording.
@@ -227,23 +237,9 @@ impl Source for RawSource {
         Ok(out)
     }
 
-    fn numerics(&self, _second: u64) -> Vec<Numeric> {
-        Vec::new()
-    }
-
-    fn has_numerics(&self) -> bool {
-        false
-    }
-
     fn identity(&self) -> String {
-        let path =
-            std::fs::canonicalize(&self.spec.path).unwrap_or_else(|_| self.spec.path.clone());
-        format!(
-            "raw:{}:{:?}:{}",
-            path.display(),
-            self.spec.sample_type,
-            self.spec.labels.len()
-        )
+        let detail = format!("{:?}:{}", self.spec.sample_type, self.spec.labels.len());
+        file_identity("raw", &self.spec.path, &detail)
     }
 }
 
