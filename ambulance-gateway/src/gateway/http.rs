@@ -98,6 +98,61 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// Why a message from an agent or a viewer was refused; sent as `{"type":"error","code",…}`
+/// with [`Refusal::code`] (`docs/telemetry.md` lists the codes).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Not a frame: undecodable bytes.
+    #[error(transparent)]
+    BadFrame(wire::WireError),
+    /// Over the size limit.
+    #[error("messages are at most {0} bytes")]
+    TooLarge(usize),
+    /// A frame for another stream than the token's.
+    #[error("the token grants stream {granted}, not {sent}")]
+    StreamNotGranted {
+        /// The token's stream.
+        granted: StreamId,
+        /// The frame's stream.
+        sent: StreamId,
+    },
+    /// A sequence number too far ahead.
+    #[error(transparent)]
+    SeqOutOfWindow(crate::gateway::ingest::IngestError),
+    /// Not a message of the protocol.
+    #[error("{0}")]
+    BadMessage(String),
+    /// The token does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such stream since the gateway started.
+    #[error("no stream {0}")]
+    UnknownStream(StreamId),
+    /// No such current alarm.
+    #[error(transparent)]
+    UnknownAlarm(crate::gateway::alarms::AlarmError),
+    /// Limits refused.
+    #[error(transparent)]
+    BadLimits(crate::gateway::alarms::AlarmError),
+}
+
+impl Refusal {
+    /// The code on the wire.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::BadFrame(_) => "bad_frame",
+            Refusal::TooLarge(_) => "too_large",
+            Refusal::StreamNotGranted { .. } => "stream_not_granted",
+            Refusal::SeqOutOfWindow(_) => "seq_out_of_window",
+            Refusal::BadMessage(_) => "bad_message",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::UnknownStream(_) => "unknown_stream",
+            Refusal::UnknownAlarm(_) => "unknown_alarm",
+            Refusal::BadLimits(_) => "bad_limits",
+        }
+    }
+}
+
 fn verify(gw: &Gateway, token: &str) -> Result<Claims, HttpError> {
     gw.keys()
         .verify(token, SystemTime::now())
@@ -264,15 +319,16 @@ async fn agent_session(gw: Arc<Gateway>, stream: StreamId, socket: WebSocket) {
                     let _ = tx.send(GatewayControl::Time { t0, t1: now_us() });
                     None
                 }
-                Err(e) => Some(("bad_message", format!("unknown control message: {e}"))),
+                Err(e) => Some(Refusal::BadMessage(format!("unknown control message: {e}"))),
             },
             Message::Close(_) => break,
             Message::Ping(_) | Message::Pong(_) => None,
         };
-        if let Some((code, message)) = refusal {
+        if let Some(refusal) = refusal {
+            let code = refusal.code();
             gw.metrics.rejected.with_label_values(&[code]).inc();
-            warn!(%stream, conn, code, "refusing agent input: {message}");
-            let _ = tx.send(error_msg(code, &message));
+            warn!(%stream, conn, code, "refusing agent input: {refusal}");
+            let _ = tx.send(error_msg(code, &refusal.to_string()));
             break;
         }
     }
@@ -284,31 +340,25 @@ async fn agent_session(gw: Arc<Gateway>, stream: StreamId, socket: WebSocket) {
     info!(%stream, conn, "agent disconnected");
 }
 
-/// Takes one binary message from an agent; returns a refusal (code, message) if any.
+/// Takes one binary message from an agent; returns why it was refused, if it was.
 fn take_frame(
     gw: &Gateway,
     slot: &crate::gateway::StreamSlot,
     stream: &StreamId,
     bytes: Bytes,
-) -> Option<(&'static str, String)> {
+) -> Option<Refusal> {
     if bytes.len() > MAX_FRAME_BYTES {
-        return Some((
-            "too_large",
-            format!("a frame is at most {MAX_FRAME_BYTES} bytes"),
-        ));
+        return Some(Refusal::TooLarge(MAX_FRAME_BYTES));
     }
     let frame = match wire::decode(&bytes) {
         Ok(f) => f,
-        Err(e) => return Some(("bad_frame", e.to_string())),
+        Err(e) => return Some(Refusal::BadFrame(e)),
     };
     if &frame.header.stream != stream {
-        return Some((
-            "stream_not_granted",
-            format!(
-                "the token grants stream {stream}, not {}",
-                frame.header.stream
-            ),
-        ));
+        return Some(Refusal::StreamNotGranted {
+            granted: stream.clone(),
+            sent: frame.header.stream,
+        });
     }
     let outcome = slot
         .state
@@ -325,7 +375,7 @@ fn take_frame(
             gw.persist(stream, outcome.records);
             None
         }
-        Err(e) => Some(("seq_out_of_window", e.to_string())),
+        Err(e) => Some(Refusal::SeqOutOfWindow(e)),
     }
 }
 
@@ -424,25 +474,25 @@ async fn viewer_session(gw: Arc<Gateway>, mut socket: WebSocket) {
             _ = &mut writer => break,
         };
         let reply = match msg {
-            Message::Text(t) if t.len() > MAX_VIEWER_TEXT => Some((
-                "too_large",
-                format!("messages are at most {MAX_VIEWER_TEXT} bytes"),
-            )),
+            Message::Text(t) if t.len() > MAX_VIEWER_TEXT => {
+                Some(Refusal::TooLarge(MAX_VIEWER_TEXT))
+            }
             Message::Text(t) => match serde_json::from_str::<ViewerRequest>(&t) {
                 Ok(req) => {
                     handle_request(&gw, &viewer, &claims, &visible, &mut subscribed, req).err()
                 }
-                Err(e) => Some(("bad_message", e.to_string())),
+                Err(e) => Some(Refusal::BadMessage(e.to_string())),
             },
-            Message::Binary(_) => Some(("bad_message", "viewers send JSON text only".into())),
+            Message::Binary(_) => Some(Refusal::BadMessage("viewers send JSON text only".into())),
             Message::Close(_) => break,
             _ => None,
         };
-        if let Some((code, message)) = reply {
+        if let Some(refusal) = reply {
+            let code = refusal.code();
             gw.metrics.rejected.with_label_values(&[code]).inc();
             let event = ViewerEvent::Error {
                 code,
-                message: &message,
+                message: &refusal.to_string(),
             };
             viewer.push(None, Outgoing::Text(event.to_text()));
         }
@@ -464,24 +514,23 @@ fn handle_request(
     visible: &Visible,
     subscribed: &mut HashSet<StreamId>,
     req: ViewerRequest,
-) -> Result<(), (&'static str, String)> {
+) -> Result<(), Refusal> {
     let slot_for = |id: &StreamId| {
         if !visible.allows(id) {
-            return Err((
-                "forbidden",
-                format!("your token does not grant stream {id}"),
-            ));
+            return Err(Refusal::Forbidden(format!(
+                "your token does not grant stream {id}"
+            )));
         }
         gw.slot(id)
-            .ok_or_else(|| ("unknown_stream", format!("no stream {id}")))
+            .ok_or_else(|| Refusal::UnknownStream(id.clone()))
     };
     let er_only = || {
         (claims.role == Role::Er)
             .then_some(())
-            .ok_or_else(|| ("forbidden", "only er staff may do this".to_owned()))
+            .ok_or_else(|| Refusal::Forbidden("only er staff may do this".into()))
     };
     match req {
-        ViewerRequest::Auth { .. } => Err(("bad_message", "already authenticated".into())),
+        ViewerRequest::Auth { .. } => Err(Refusal::BadMessage("already authenticated".into())),
         ViewerRequest::Subscribe { stream } => {
             let slot = slot_for(&stream)?;
             slot.state
@@ -506,7 +555,7 @@ fn handle_request(
                 .lock()
                 .expect("stream")
                 .acknowledge(alarm, &claims.sub, now_ms())
-                .map_err(|e| ("unknown_alarm", e.to_string()))?;
+                .map_err(Refusal::UnknownAlarm)?;
             info!(%stream, alarm, "alarm acknowledged");
             gw.persist(&stream, records);
             Ok(())
@@ -524,7 +573,7 @@ fn handle_request(
                 .lock()
                 .expect("stream")
                 .set_limit(vital, Limit { low, high }, &claims.sub, now_ms())
-                .map_err(|e| ("bad_limits", e.to_string()))?;
+                .map_err(Refusal::BadLimits)?;
             info!(%stream, vital = vital.name(), "alarm limits changed");
             gw.persist(&stream, records);
             Ok(())
