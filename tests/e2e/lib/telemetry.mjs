@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { ROOT, BIN, ARTIFACTS, safeJson } from './server.mjs';
+import { Waiters } from './ws.mjs';
 
 const execFileP = promisify(execFile);
 
@@ -248,14 +249,14 @@ export class Viewer {
     this.frames = [];
     this.binaryErrors = [];
     this.close = null;
-    this.waiters = [];
+    this.waits = new Waiters(this, () => this.json, { message: (j) => j.msg, label: `${name}: ` });
     const opts = { maxPayload: 16 * 1024 * 1024, handshakeTimeout: 10_000 };
     if (url.startsWith('wss:')) Object.assign(opts, ca ? { ca } : { rejectUnauthorized: false });
     this.ws = new WebSocket(url, opts);
     this.ws.on('message', (data, isBinary) => this._onMessage(data, isBinary));
     this.ws.on('close', (code, reason) => {
       this.close = { code, reason: reason.toString(), at: nowMs() };
-      this._check();
+      this.waits.check();
     });
     this.ws.on('error', (e) => (this.lastError = e));
   }
@@ -279,7 +280,7 @@ export class Viewer {
       }
       this.json.push({ msg, at });
     }
-    this._check();
+    this.waits.check();
   }
 
   opened(timeout = 10_000) {
@@ -327,31 +328,7 @@ export class Viewer {
 
   /** Waits for a JSON message matching `pred` (type string or function) at index ≥ `from`. */
   next(pred, { timeout = 10_000, from = 0 } = {}) {
-    const match = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    return new Promise((resolve, reject) => {
-      const w = { match, from, resolve, reject };
-      w.timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((x) => x !== w);
-        reject(new Error(`${this.name}: no matching message within ${timeout} ms; received: ${this.describe()}`));
-      }, timeout);
-      this.waiters.push(w);
-      this._check();
-    });
-  }
-
-  _check() {
-    for (const w of [...this.waiters]) {
-      const i = this.json.findIndex((j, idx) => idx >= w.from && w.match(j.msg));
-      if (i >= 0) {
-        clearTimeout(w.timer);
-        this.waiters = this.waiters.filter((x) => x !== w);
-        w.resolve(this.json[i].msg);
-      } else if (this.close) {
-        clearTimeout(w.timer);
-        this.waiters = this.waiters.filter((x) => x !== w);
-        w.reject(new Error(`${this.name}: socket closed ${safeJson(this.close)} before a matching message; received: ${this.describe()}`));
-      }
-    }
+    return this.waits.next(pred, { timeout, from });
   }
 
   closed(timeout = 10_000) {
@@ -546,7 +523,7 @@ export class IngestClient {
   constructor(url, token, ca) {
     this.messages = [];
     this.close = null;
-    this.waiters = [];
+    this.waits = new Waiters(this, () => this.messages, { label: 'ingest: ' });
     const opts = { maxPayload: 16 * 1024 * 1024, handshakeTimeout: 10_000, headers: token ? { Authorization: `Bearer ${token}` } : {} };
     if (url.startsWith('wss:')) Object.assign(opts, ca ? { ca } : { rejectUnauthorized: false });
     this.ws = new WebSocket(url, opts);
@@ -561,11 +538,11 @@ export class IngestClient {
         }
       }
       this.messages.push(msg);
-      this._check();
+      this.waits.check();
     });
     this.ws.on('close', (code, reason) => {
       this.close = { code, reason: reason.toString() };
-      this._check();
+      this.waits.check();
     });
     this.ws.on('error', (e) => (this.lastError = e));
   }
@@ -575,16 +552,7 @@ export class IngestClient {
   }
 
   next(pred, { timeout = 10_000, from = 0 } = {}) {
-    const match = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    return new Promise((resolve, reject) => {
-      const w = { match, from, resolve, reject };
-      w.timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((x) => x !== w);
-        reject(new Error(`ingest: no matching message within ${timeout} ms; received: ${this.describe()}`));
-      }, timeout);
-      this.waiters.push(w);
-      this._check();
-    });
+    return this.waits.next(pred, { timeout, from });
   }
 
   /** Waits until an `ack` with through ≥ `seq` arrived. */
@@ -598,21 +566,6 @@ export class IngestClient {
       const t = setTimeout(() => reject(new Error(`ingest: not closed within ${timeout} ms; received: ${this.describe()}`)), timeout);
       this.ws.once('close', () => (clearTimeout(t), resolve(this.close)));
     });
-  }
-
-  _check() {
-    for (const w of [...this.waiters]) {
-      const i = this.messages.findIndex((m, idx) => idx >= w.from && w.match(m));
-      if (i >= 0) {
-        clearTimeout(w.timer);
-        this.waiters = this.waiters.filter((x) => x !== w);
-        w.resolve(this.messages[i]);
-      } else if (this.close) {
-        clearTimeout(w.timer);
-        this.waiters = this.waiters.filter((x) => x !== w);
-        w.reject(new Error(`ingest: socket closed ${safeJson(this.close)} before a matching message; received: ${this.describe()}`));
-      }
-    }
   }
 
   describe() {

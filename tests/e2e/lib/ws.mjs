@@ -4,6 +4,48 @@
 import WebSocket from 'ws';
 import { safeJson } from './server.mjs';
 
+/**
+ * Promises on a client's growing list of received messages: `next` resolves with the first
+ * message at index ≥ `from` matching `pred` (a type string or a function), and rejects after
+ * `timeout` ms or when the socket closes first. `owner` has `close` (null while open) and
+ * `describe()`; `items()` is the received list; `message(item)` the message of one item.
+ */
+export class Waiters {
+  constructor(owner, items, { message = (x) => x, label = '' } = {}) {
+    this.owner = owner;
+    this.items = items;
+    this.message = message;
+    this.label = label;
+    this.pending = [];
+  }
+
+  next(pred, { timeout, from = 0 }) {
+    const match = typeof pred === 'string' ? (m) => m.type === pred : pred;
+    return new Promise((resolve, reject) => {
+      const w = { match, from, resolve, reject };
+      w.timer = setTimeout(() => {
+        this.pending = this.pending.filter((x) => x !== w);
+        reject(new Error(`${this.label}no matching message within ${timeout} ms; received: ${this.owner.describe()}`));
+      }, timeout);
+      this.pending.push(w);
+      this.check();
+    });
+  }
+
+  /** Settles the waits that can be settled now (call after each message and on close). */
+  check() {
+    const items = this.items();
+    for (const w of [...this.pending]) {
+      const i = items.findIndex((x, idx) => idx >= w.from && w.match(this.message(x)));
+      if (i < 0 && !this.owner.close) continue;
+      clearTimeout(w.timer);
+      this.pending = this.pending.filter((x) => x !== w);
+      if (i >= 0) w.resolve(this.message(items[i]));
+      else w.reject(new Error(`${this.label}socket closed ${safeJson(this.owner.close)} before a matching message; received: ${this.owner.describe()}`));
+    }
+  }
+}
+
 export class RawClient {
   static async connect(wsUrl, { timeout = 5000 } = {}) {
     const c = new RawClient(wsUrl, timeout);
@@ -14,7 +56,7 @@ export class RawClient {
   constructor(wsUrl, timeout = 5000) {
     this.messages = []; // every parsed server message, in order
     this.raw = []; // every raw server frame
-    this.waiters = [];
+    this.waits = new Waiters(this, () => this.messages);
     this.close = null; // { code, reason } once closed
     this.closeWaiters = [];
     this.ws = new WebSocket(wsUrl, { maxPayload: 16 * 1024 * 1024, handshakeTimeout: timeout });
@@ -28,12 +70,12 @@ export class RawClient {
         msg = { type: '__unparsable__', text };
       }
       this.messages.push(msg);
-      this._check();
+      this.waits.check();
     });
     this.ws.on('close', (code, reason) => {
       this.close = { code, reason: reason.toString() };
       for (const w of this.closeWaiters.splice(0)) w.resolve(this.close);
-      this._check();
+      this.waits.check();
     });
     this.ws.on('error', (e) => {
       this.lastError = e;
@@ -61,21 +103,9 @@ export class RawClient {
     this.ws.send(data, { binary: Buffer.isBuffer(msg) });
   }
 
-  /**
-   * Resolves with the first message (received at or after index `from`) matching `pred`
-   * (a type string or a function). Rejects after `timeout` ms, or when the socket closes first.
-   */
+  /** See `Waiters.next`. */
   next(pred, { timeout = 5000, from = 0 } = {}) {
-    const match = typeof pred === 'string' ? (m) => m.type === pred : pred;
-    return new Promise((resolve, reject) => {
-      const w = { match, from, resolve, reject };
-      w.timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((x) => x !== w);
-        reject(new Error(`no matching message within ${timeout} ms; received: ${this.describe()}`));
-      }, timeout);
-      this.waiters.push(w);
-      this._check();
-    });
+    return this.waits.next(pred, { timeout, from });
   }
 
   /** Waits for an `error` message with `code` after index `from`. */
@@ -114,21 +144,6 @@ export class RawClient {
       this.ws.terminate();
     } catch {
       /* gone */
-    }
-  }
-
-  _check() {
-    for (const w of [...this.waiters]) {
-      const i = this.messages.findIndex((m, idx) => idx >= w.from && w.match(m));
-      if (i >= 0) {
-        clearTimeout(w.timer);
-        this.waiters = this.waiters.filter((x) => x !== w);
-        w.resolve(this.messages[i]);
-      } else if (this.close) {
-        clearTimeout(w.timer);
-        this.waiters = this.waiters.filter((x) => x !== w);
-        w.reject(new Error(`socket closed ${safeJson(this.close)} before a matching message; received: ${this.describe()}`));
-      }
     }
   }
 }
