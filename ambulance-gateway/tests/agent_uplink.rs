@@ -223,31 +223,7 @@ fn spawn_agent(
     spool: &Path,
     extra: &[&str],
 ) -> oneshot::Receiver<Result<(), AgentError>> {
-    let gateway = format!("ws://{addr}");
-    let mut argv: Vec<String> = [
-        "agent",
-        "--gateway",
-        &gateway,
-        "--token",
-        token,
-        "--source",
-        file.to_str().unwrap(),
-        "--format",
-        "raw",
-        "--rate",
-        "360",
-        "--gain",
-        "200",
-        "--baseline",
-        "1024",
-        "--labels",
-        "MLII",
-        "--spool",
-        spool.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut argv = record_argv(addr, token, file, spool);
     argv.extend(extra.iter().map(|s| s.to_string()));
     let args = Cli::try_parse_from(argv).unwrap().args;
     let (tx, rx) = oneshot::channel();
@@ -383,9 +359,11 @@ fn child_agent() {
     agent::run(args).unwrap();
 }
 
-fn spawn_child(addr: SocketAddr, token: &str, file: &Path, spool: &Path) -> std::process::Child {
+/// The agent's command line replaying the MIT-BIH record `file` (raw, 360 Hz, gain 200,
+/// baseline 1024) to the gateway at `addr`.
+fn record_argv(addr: SocketAddr, token: &str, file: &Path, spool: &Path) -> Vec<String> {
     let gateway = format!("ws://{addr}");
-    let argv = [
+    [
         "agent",
         "--gateway",
         &gateway,
@@ -393,6 +371,8 @@ fn spawn_child(addr: SocketAddr, token: &str, file: &Path, spool: &Path) -> std:
         token,
         "--source",
         file.to_str().unwrap(),
+        "--format",
+        "raw",
         "--rate",
         "360",
         "--gain",
@@ -404,7 +384,13 @@ fn spawn_child(addr: SocketAddr, token: &str, file: &Path, spool: &Path) -> std:
         "--spool",
         spool.to_str().unwrap(),
     ]
-    .join("\u{1f}");
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn spawn_child(addr: SocketAddr, token: &str, file: &Path, spool: &Path) -> std::process::Child {
+    let argv = record_argv(addr, token, file, spool).join("\u{1f}");
     std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_agent", "--test-threads=1", "--quiet"])
         .env(CHILD_ARGS, argv)
