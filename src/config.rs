@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Accept HL7 v2 (IHE PCD-01) from monitors over MLLP on this TCP address [default: off].
     #[arg(long, env = "MEDRELAY_MLLP_LISTEN")]
     pub mllp_listen: Option<SocketAddr>,
+    /// Make MLLP connections TLS sessions, with the HTTPS certificate.
+    #[arg(long, env = "MEDRELAY_MLLP_TLS")]
+    pub mllp_tls: bool,
 }
 
 /// The same settings as read from the TOML file.
@@ -62,6 +65,7 @@ struct FileConfig {
     api_key: Option<String>,
     telemetry_ring_seconds: Option<u32>,
     mllp_listen: Option<SocketAddr>,
+    mllp_tls: Option<bool>,
 }
 
 /// How HTTPS is provided.
@@ -86,6 +90,8 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
     pub telemetry_ring_seconds: u32,
     pub mllp_listen: Option<SocketAddr>,
+    /// MLLP over TLS (with the HTTPS certificate).
+    pub mllp_tls: bool,
 }
 
 /// Why the configuration cannot be used.
@@ -108,9 +114,13 @@ pub enum ConfigError {
     PlainHttpOutsideLoopback(SocketAddr),
     #[error(
         "refusing to accept MLLP (plain TCP, no TLS) on {0}, which is not a loopback address: \
-         pass --insecure to allow it"
+         pass --mllp-tls (with a TLS certificate), or --insecure to allow it"
     )]
     PlainMllpOutsideLoopback(SocketAddr),
+    #[error(
+        "--mllp-tls uses the HTTPS certificate: configure --tls-cert/--tls-key or --tls-self-signed"
+    )]
+    MllpTlsWithoutCertificate,
     #[error("give either --tls-cert/--tls-key or --tls-self-signed, not both")]
     TwoTlsSources,
 }
@@ -149,9 +159,14 @@ impl ServeArgs {
             return Err(ConfigError::PlainHttpOutsideLoopback(listen));
         }
         let mllp_listen = self.mllp_listen.or(file.mllp_listen);
+        let mllp_tls = self.mllp_tls || file.mllp_tls.unwrap_or(false);
+        if mllp_tls && tls == Tls::Off {
+            return Err(ConfigError::MllpTlsWithoutCertificate);
+        }
         if let Some(addr) = mllp_listen
             && !addr.ip().is_loopback()
             && !insecure
+            && !mllp_tls
         {
             return Err(ConfigError::PlainMllpOutsideLoopback(addr));
         }
@@ -171,6 +186,7 @@ impl ServeArgs {
                 .unwrap_or(120)
                 .clamp(10, 3600),
             mllp_listen,
+            mllp_tls,
         })
     }
 }
@@ -215,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn mllp_is_off_by_default_and_loopback_only_unless_insecure() {
+    fn mllp_is_off_by_default_and_loopback_only_unless_tls_or_insecure() {
         assert_eq!(ServeArgs::default().resolve().unwrap().mllp_listen, None);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("medrelay.toml");
@@ -244,6 +260,20 @@ mod tests {
             matches!(tls.resolve(), Err(ConfigError::PlainMllpOutsideLoopback(_))),
             "HTTPS does not cover MLLP"
         );
+        let mllp_tls = ServeArgs {
+            tls_self_signed: true,
+            mllp_tls: true,
+            ..outside()
+        };
+        assert!(mllp_tls.resolve().unwrap().mllp_tls);
+        let no_certificate = ServeArgs {
+            mllp_tls: true,
+            ..outside()
+        };
+        assert!(matches!(
+            no_certificate.resolve(),
+            Err(ConfigError::MllpTlsWithoutCertificate)
+        ));
         let insecure = ServeArgs {
             insecure: true,
             ..outside()

@@ -14,6 +14,7 @@ use config::{ServeArgs, Tls};
 use signaling::token::{Role, Scope, TokenKeys};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::info;
 
@@ -127,14 +128,25 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         keys,
     );
     gateway.register_metrics(&state.metrics);
+    let tls = tls_server_config(&config)?;
     if let Some(addr) = config.mllp_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the MLLP address {addr}"))?;
-        info!("accepting HL7 v2 over MLLP on {addr}");
+        let acceptor = match (&tls, config.mllp_tls) {
+            (Some(tls), true) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls.clone()))),
+            _ => None,
+        };
+        let kind = if acceptor.is_some() {
+            "MLLP over TLS"
+        } else {
+            "MLLP"
+        };
+        info!("accepting HL7 v2 over {kind} on {addr}");
         tokio::spawn(ambulance_gateway::gateway::mllp::serve_mllp(
             gateway.clone(),
             listener,
+            acceptor,
         ));
     }
 
@@ -163,31 +175,16 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         media_bind,
         config.data_dir.display()
     );
-    match &config.tls {
-        Tls::Off => {
+    match tls {
+        None => {
             axum_server::bind(config.listen)
                 .handle(handle)
                 .serve(app)
                 .await?
         }
-        tls => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let rustls_config = match tls {
-                Tls::Files { cert, key } => {
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                        .await
-                        .context("loading the TLS certificate and key")?
-                }
-                _ => {
-                    let names = vec!["localhost".to_owned(), config.listen.ip().to_string()];
-                    let cert = rcgen::generate_simple_self_signed(names)?;
-                    axum_server::tls_rustls::RustlsConfig::from_pem(
-                        cert.cert.pem().into_bytes(),
-                        cert.key_pair.serialize_pem().into_bytes(),
-                    )
-                    .await?
-                }
-            };
+        Some(mut tls) => {
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
             axum_server::bind_rustls(config.listen, rustls_config)
                 .handle(handle)
                 .serve(app)
@@ -195,4 +192,35 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The TLS server settings (certificate and key from files, or generated), when TLS is on.
+fn tls_server_config(config: &config::ServeConfig) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (certs, key) = match &config.tls {
+        Tls::Off => return Ok(None),
+        Tls::Files { cert, key } => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading the TLS certificate {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading the TLS key {}", key.display()))?;
+            (certs, key)
+        }
+        Tls::SelfSigned => {
+            let names = vec!["localhost".to_owned(), config.listen.ip().to_string()];
+            let generated = rcgen::generate_simple_self_signed(names)?;
+            let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
+                .map_err(|e| anyhow::anyhow!("the generated key: {e}"))?;
+            (vec![generated.cert.der().clone()], key)
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not fit together")?;
+    Ok(Some(tls))
 }

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -41,10 +42,17 @@ class Server:
     log_path: Path | None = None
     mllp: bool = False  # also accept HL7 v2 over MLLP (on mllp_port)
     mllp_port: int = 0
+    # HTTPS (and, with mllp, MLLP over TLS) with this certificate and key (see make_cert)
+    tls: tuple[Path, Path] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting the server's certificate (None without TLS)."""
+        return ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
 
     @property
     def ws_url(self) -> str:
@@ -61,9 +69,13 @@ class Server:
             self.media_port = free_port(socket.SOCK_DGRAM)
             args = [str(BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--media-port",
                     str(self.media_port), "--data-dir", str(self.data_dir)]
+            if self.tls:
+                args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
             if self.mllp:
                 self.mllp_port = free_port(socket.SOCK_STREAM)
                 args += ["--mllp-listen", f"127.0.0.1:{self.mllp_port}"]
+                if self.tls:
+                    args.append("--mllp-tls")
             log = open(self.log_path, "w" if attempt == 0 else "a")
             log.write("# " + " ".join(args) + "\n")
             log.flush()
@@ -76,7 +88,8 @@ class Server:
                     last_err = f"server exited early with {self.proc.returncode}"
                     break
                 try:
-                    with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                    with urllib.request.urlopen(f"{self.url}/healthz", timeout=1,
+                                                context=self.ssl_context()) as r:
                         if r.status == 200:
                             return self
                 except OSError as e:
@@ -110,7 +123,8 @@ class Server:
     def stop(self, keep_data: bool = False) -> None:
         if self.proc and self.proc.poll() is None and self.log_path:
             try:
-                with urllib.request.urlopen(f"{self.url}/metrics", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.url}/metrics", timeout=2,
+                                            context=self.ssl_context()) as r:
                     self.log_path.with_name(self.name + ".metrics.txt").write_bytes(r.read())
             except OSError:
                 pass
@@ -123,6 +137,17 @@ class Server:
                 self.proc.wait(5)
         if not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made with openssl: (cert, key)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-subj", "/CN=localhost", "-days", "2", "-keyout", str(key), "-out", str(cert),
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=30)
+    return cert, key
 
 
 class ConsultProbe:

@@ -2,7 +2,8 @@
 //!
 //! It reads a monitor's samples in real time (a raw recording, [`source::RawSource`], an EDF
 //! file, [`edf_source::EdfSource`], a DICOM ECG, [`dicom_source::DicomSource`], or the
-//! [`simulator`]), cuts them into frames ([`source::Framer`]), stores every frame in its disk
+//! [`simulator`]), cuts them into frames ([`source::Framer`]), or takes the monitor's HL7 v2
+//! over MLLP (`--mllp-listen`, made into frames by [`crate::hl7::frames`]), stores every frame in its disk
 //! [`spool`] before sending it, and sends frames to the gateway over a WebSocket until they
 //! are acknowledged. The [`uplink`] core decides what goes on the wire when (live first,
 //! backlog behind at a bounded rate, clock correction, reconnects); a thin tokio shell moves
@@ -22,6 +23,7 @@ use crate::wire::StreamId;
 use base64::Engine;
 use source::{RawSpec, SampleType, SourceError};
 use spool::SpoolError;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,7 +56,11 @@ impl Format {
 
 /// `medrelay ambulance`: stream a monitor (a recording or the simulator) to the gateway.
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["source", "simulate"])))]
+#[command(group(
+    clap::ArgGroup::new("input")
+        .required(true)
+        .args(["source", "simulate", "mllp_listen"])
+))]
 pub struct AgentArgs {
     /// The gateway: `wss://host:port` (or `ws://`), or the full `…/telemetry/ingest` URL.
     #[arg(long)]
@@ -99,6 +105,19 @@ pub struct AgentArgs {
     /// Simulate a patient: a 12-lead ECG and vital signs.
     #[arg(long)]
     pub simulate: bool,
+    /// Take the on-board monitor's HL7 v2 (IHE PCD-01 `ORU^R01`, waveforms too) over MLLP on
+    /// this address; each message is answered `AA` once it is in the spool.
+    #[arg(long, value_name = "ADDR")]
+    pub mllp_listen: Option<SocketAddr>,
+    /// PEM certificate chain: MLLP connections are then TLS sessions.
+    #[arg(long, value_name = "FILE", requires_all = ["mllp_listen", "mllp_tls_key"])]
+    pub mllp_tls_cert: Option<PathBuf>,
+    /// PEM private key for `--mllp-tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "mllp_tls_cert")]
+    pub mllp_tls_key: Option<PathBuf>,
+    /// Allow plain MLLP (no TLS) on an address that is not loopback.
+    #[arg(long, requires = "mllp_listen")]
+    pub mllp_insecure: bool,
     /// Simulated heart rate, /min (fixed; default drifts around 84).
     #[arg(long, alias = "simulate-hr", requires = "simulate")]
     pub sim_hr: Option<f64>,
@@ -177,6 +196,15 @@ enum SourceSpec {
     Edf(PathBuf),
     Dicom(PathBuf),
     Simulated(simulator::SimConfig),
+    Mllp(MllpSpec),
+}
+
+/// Where the agent takes HL7 from the on-board monitor.
+#[derive(Debug, Clone)]
+struct MllpSpec {
+    listen: SocketAddr,
+    /// Certificate chain and key files, for MLLP over TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The agent's settings, resolved and checked.
@@ -223,6 +251,20 @@ impl Settings {
             } else {
                 SourceSpec::Dicom(path.clone())
             }
+        } else if let Some(listen) = args.mllp_listen {
+            if args.rate.is_some() || args.sim_hr.is_some() || args.sim_spo2.is_some() {
+                return Err(AgentError::Usage(
+                    "--rate and the simulator's settings do not apply to --mllp-listen".into(),
+                ));
+            }
+            let tls = args.mllp_tls_cert.zip(args.mllp_tls_key);
+            if tls.is_none() && !listen.ip().is_loopback() && !args.mllp_insecure {
+                return Err(AgentError::Usage(format!(
+                    "refusing plain MLLP on {listen}, which is not a loopback address: give \
+                     --mllp-tls-cert and --mllp-tls-key, or --mllp-insecure"
+                )));
+            }
+            SourceSpec::Mllp(MllpSpec { listen, tls })
         } else if let Some(path) = args.source {
             let (Some(rate_hz), Some(gain)) = (args.rate, args.gain) else {
                 return Err(AgentError::Usage("--source needs --rate and --gain".into()));

@@ -5,19 +5,23 @@ use super::dicom_source::DicomSource;
 use super::edf_source::EdfSource;
 use super::simulator::Simulator;
 use super::source::{FRAMES_PER_SEC, Framer, Produced, RawSource, Source};
-use super::spool::{SEGMENT_BYTES, Spool};
+use super::spool::{SEGMENT_BYTES, Spool, SpoolError};
 use super::uplink::{AgentClock, Output, Uplink, UplinkConfig};
-use super::{AgentError, Settings, SourceSpec};
-use crate::wire::GatewayControl;
+use super::{AgentError, MllpSpec, Settings, SourceSpec};
+use crate::hl7::frames::frames_for;
+use crate::hl7::listener::{self, MessageHandler};
+use crate::hl7::pcd01::Observations;
+use crate::hl7::{handle, not_stored};
+use crate::wire::{Channel, GatewayControl, Payload};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Request, header::AUTHORIZATION};
@@ -29,8 +33,59 @@ use tracing::{info, warn};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interval of the progress log.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Identity of the HL7 input in the spool (it has no position to resume).
+const MLLP_SOURCE: &str = "hl7-mllp";
+
+/// A monitor's accepted message, handed to the main loop to be stored; the answer is `Ok`
+/// once its frames are in the spool, else why not.
+type Hl7Job = (Observations, oneshot::Sender<Result<(), String>>);
+
+/// The HL7 input's numbering: the next sequence number (known once the spool has one) and
+/// the channels of the last layout sent.
+#[derive(Default)]
+struct Hl7Input {
+    next_seq: Option<u64>,
+    layout: Option<Vec<Channel>>,
+}
+
+/// One MLLP connection from the monitor: parses each message and has the main loop store it.
+struct MonitorConnection {
+    jobs: mpsc::Sender<Hl7Job>,
+}
+
+impl MessageHandler for MonitorConnection {
+    async fn message(&mut self, message: &[u8]) -> Vec<u8> {
+        let now = crate::gateway::now_us();
+        let handled = handle(message, now);
+        let Some(observations) = handled.observations else {
+            return handled.ack;
+        };
+        let (tx, rx) = oneshot::channel();
+        let stored = match self.jobs.send((observations, tx)).await {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err("the agent is stopping".into())),
+            Err(_) => Err("the agent is stopping".into()),
+        };
+        match stored {
+            Ok(()) => handled.ack,
+            Err(why) => not_stored(message, why, now),
+        }
+    }
+}
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a monitor message was not stored.
+#[derive(Debug, thiserror::Error)]
+enum Hl7StoreError {
+    /// This message cannot be stored now; the agent goes on.
+    #[error("{0}")]
+    Refused(String),
+    /// The spool failed: the agent stops (what is in the spool stays for the next run).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
 
 /// Why a connection attempt failed.
 enum ConnectError {
@@ -83,6 +138,8 @@ struct Agent {
     /// The source until production starts, then the framer that reads it.
     source: Option<Box<dyn Source>>,
     framer: Option<Framer>,
+    /// With `--mllp-listen`: the HL7 input instead of a source.
+    hl7: Option<Hl7Input>,
     /// When the source's first sample of this run was (is to be) captured.
     origin: Instant,
     /// Source index of this run's first sample.
@@ -105,18 +162,16 @@ pub(super) async fn run(settings: Settings) -> Result<(), AgentError> {
         AgentError::Usage("the token has characters not allowed in a header".into())
     })?;
     request.headers_mut().insert(AUTHORIZATION, bearer);
-    let source: Box<dyn Source> = match &settings.source {
-        SourceSpec::Raw(spec) => Box::new(RawSource::open(spec.clone())?),
-        SourceSpec::Edf(path) => Box::new(EdfSource::open(path)?),
-        SourceSpec::Dicom(path) => Box::new(DicomSource::open(path)?),
-        SourceSpec::Simulated(cfg) => Box::new(Simulator::new(*cfg)?),
+    let (source, mut hl7_jobs): (Option<Box<dyn Source>>, _) = match &settings.source {
+        SourceSpec::Raw(spec) => (Some(Box::new(RawSource::open(spec.clone())?)), None),
+        SourceSpec::Edf(path) => (Some(Box::new(EdfSource::open(path)?)), None),
+        SourceSpec::Dicom(path) => (Some(Box::new(DicomSource::open(path)?)), None),
+        SourceSpec::Simulated(cfg) => (Some(Box::new(Simulator::new(*cfg)?)), None),
+        SourceSpec::Mllp(spec) => (None, Some(listen_mllp(spec).await?)),
     };
-    let (spool, recovered) = Spool::open(
-        &settings.spool,
-        &settings.stream,
-        &source.identity(),
-        SEGMENT_BYTES,
-    )?;
+    let identity = source.as_ref().map_or(MLLP_SOURCE.into(), |s| s.identity());
+    let (spool, recovered) =
+        Spool::open(&settings.spool, &settings.stream, &identity, SEGMENT_BYTES)?;
     info!(
         stream = %settings.stream,
         gateway = %settings.url,
@@ -126,7 +181,8 @@ pub(super) async fn run(settings: Settings) -> Result<(), AgentError> {
         position = recovered.position,
         "ambulance agent starting"
     );
-    let frames_per_sec = (FRAMES_PER_SEC + u64::from(source.has_numerics())) as f64;
+    let numerics_frames = source.as_ref().is_none_or(|s| s.has_numerics());
+    let frames_per_sec = (FRAMES_PER_SEC + u64::from(numerics_frames)) as f64;
     let clock = AgentClock::system();
     let now = Instant::now();
     let cfg = UplinkConfig {
@@ -145,7 +201,8 @@ pub(super) async fn run(settings: Settings) -> Result<(), AgentError> {
         clock,
         spool,
         uplink,
-        source: Some(source),
+        hl7: hl7_jobs.is_some().then(Hl7Input::default),
+        source,
         framer: None,
         origin: now,
         start_position: recovered.position,
@@ -186,6 +243,9 @@ pub(super) async fn run(settings: Settings) -> Result<(), AgentError> {
         let wake = agent.uplink.poll_timeout();
         tokio::select! {
             () = sleep_until(produce_at) => agent.produce()?,
+            Some((observations, reply)) = next_job(&mut hl7_jobs) => {
+                agent.take_hl7(&observations, reply)?;
+            }
             () = sleep_until(wake) => agent.uplink.tick(Instant::now()),
             Some(event) = inbox.recv() => agent.handle(event)?,
             _ = progress.tick() => agent.log_progress(),
@@ -203,6 +263,58 @@ pub(super) async fn run(settings: Settings) -> Result<(), AgentError> {
     }
 }
 
+/// The next monitor message to store, or never without an HL7 input.
+async fn next_job(jobs: &mut Option<mpsc::Receiver<Hl7Job>>) -> Option<Hl7Job> {
+    match jobs {
+        Some(jobs) => jobs.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds the MLLP address and serves the monitor's connections; their messages come out of
+/// the returned channel.
+async fn listen_mllp(spec: &MllpSpec) -> Result<mpsc::Receiver<Hl7Job>, AgentError> {
+    let acceptor = match &spec.tls {
+        Some((cert, key)) => Some(mllp_tls(cert, key)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(spec.listen)
+        .await
+        .map_err(|e| AgentError::Usage(format!("cannot listen on {}: {e}", spec.listen)))?;
+    let kind = if acceptor.is_some() {
+        "MLLP over TLS"
+    } else {
+        "MLLP"
+    };
+    info!(listen = %spec.listen, "taking the monitor's HL7 over {kind}");
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(listener::serve(listener, acceptor, move |_| {
+        MonitorConnection { jobs: tx.clone() }
+    }));
+    Ok(rx)
+}
+
+/// The TLS acceptor for MLLP from a certificate chain and key in PEM files.
+fn mllp_tls(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, AgentError> {
+    let bad = |path: &Path, e: &dyn std::fmt::Display| {
+        AgentError::Tls(format!("{}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| AgentError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .map_err(|e| bad(cert, &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -212,8 +324,13 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl Agent {
-    /// Starts reading the source now, numbering frames from `next_seq`.
+    /// Starts reading the source (or taking HL7) now, numbering frames from `next_seq`.
     fn start_source(&mut self, next_seq: u64) {
+        if let Some(hl7) = &mut self.hl7 {
+            hl7.next_seq = Some(next_seq);
+            info!(next_seq, "taking HL7 from the monitor");
+            return;
+        }
         let Some(source) = self.source.take() else {
             return;
         };
@@ -263,6 +380,68 @@ impl Agent {
         Ok(())
     }
 
+    /// Stores a monitor message and answers its connection; only a spool failure is an error.
+    fn take_hl7(
+        &mut self,
+        observations: &Observations,
+        reply: oneshot::Sender<Result<(), String>>,
+    ) -> Result<(), AgentError> {
+        match self.store_hl7(observations) {
+            Ok(()) => {
+                let _ = reply.send(Ok(()));
+                Ok(())
+            }
+            Err(Hl7StoreError::Refused(why)) => {
+                warn!("a monitor message was not stored: {why}");
+                let _ = reply.send(Err(why));
+                Ok(())
+            }
+            Err(Hl7StoreError::Spool(e)) => {
+                let _ = reply.send(Err("the agent's spool failed".into()));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Stores a monitor message's frames in the spool (synced) and hands them to the uplink.
+    fn store_hl7(&mut self, observations: &Observations) -> Result<(), Hl7StoreError> {
+        let Some(hl7) = &mut self.hl7 else {
+            return Err(Hl7StoreError::Refused("no HL7 input".into()));
+        };
+        let Some(next_seq) = hl7.next_seq else {
+            return Err(Hl7StoreError::Refused(
+                "the agent has not reached the gateway yet, so it cannot number values; retry later"
+                    .into(),
+            ));
+        };
+        let frames = frames_for(
+            observations,
+            &self.settings.stream,
+            next_seq,
+            hl7.layout.as_deref(),
+        )
+        .map_err(|e| Hl7StoreError::Refused(e.to_string()))?;
+        let Some((last, _)) = frames.last() else {
+            return Ok(());
+        };
+        let after = last.header.seq + 1;
+        for (frame, bytes) in &frames {
+            self.spool.append(frame.header.seq, 0, bytes)?;
+        }
+        // Durable before it is acknowledged to the monitor or sent.
+        self.spool.sync()?;
+        hl7.next_seq = Some(after);
+        let now = Instant::now();
+        for (frame, bytes) in frames {
+            if let Payload::Layout(layout) = frame.payload {
+                hl7.layout = Some(layout.channels);
+            }
+            self.uplink
+                .frame_produced(frame.header.seq, bytes.to_vec(), now);
+        }
+        Ok(())
+    }
+
     /// Carries out the core's outputs.
     fn carry_out(&mut self) -> Result<(), AgentError> {
         while let Some(output) = self.uplink.poll_output() {
@@ -298,7 +477,23 @@ impl Agent {
     }
 
     fn welcomed(&mut self, durable_through: u64) -> Result<(), AgentError> {
-        if self.source.is_some() {
+        if let Some(hl7) = &mut self.hl7 {
+            match hl7.next_seq {
+                None => {
+                    self.spool.start_at(durable_through + 1, 0)?;
+                    self.start_source(durable_through + 1);
+                }
+                Some(next) if next <= durable_through => {
+                    warn!(
+                        durable_through,
+                        next_seq = next,
+                        "the gateway is ahead of this spool: numbering on after its durable point"
+                    );
+                    hl7.next_seq = Some(durable_through + 1);
+                }
+                Some(_) => {}
+            }
+        } else if self.source.is_some() {
             let next_seq = durable_through + 1;
             self.spool.start_at(next_seq, self.start_position)?;
             self.start_source(next_seq);
@@ -407,7 +602,12 @@ impl Agent {
 
     fn log_progress(&self) {
         info!(
-            next_seq = self.framer.as_ref().map_or(0, Framer::next_seq),
+            next_seq = self
+                .framer
+                .as_ref()
+                .map(Framer::next_seq)
+                .or(self.hl7.as_ref().and_then(|h| h.next_seq))
+                .unwrap_or(0),
             unacked = self.uplink.unacked(),
             acked_through = self.uplink.acked_through(),
             connected = self.uplink.is_up(),
@@ -424,7 +624,11 @@ impl Agent {
         self.spool.sync()?;
         // A spool that never started its source stays new (it still has to learn the
         // stream's sequence from a welcome).
-        if self.source.is_none() {
+        let started = match &self.hl7 {
+            Some(hl7) => hl7.next_seq.is_some(),
+            None => self.source.is_none(),
+        };
+        if started {
             self.spool.save()?;
         }
         if let Some(conn) = self.conn.take() {

@@ -95,7 +95,7 @@ pub(crate) async fn record_edf(
     };
     let not_found = || HttpError::unknown_stream(&id);
     let stream: StreamId = id.parse().map_err(|_| not_found())?;
-    if !visible.allows(&stream) || gw.slot(&stream).is_none() {
+    if !visible.allows(&stream) || !gw.has_record(&stream) {
         return Err(not_found());
     }
     let record = gw.record(&stream, window).await.map_err(|e| {

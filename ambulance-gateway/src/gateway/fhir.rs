@@ -133,27 +133,63 @@ async fn search(
     let visible =
         Visible::of(&claims).map_err(|e| Outcome::new(e.status, "forbidden", e.message))?;
     let query = Query::parse(query.as_deref().unwrap_or(""), now_us())?;
-    if !visible.allows(&query.subject) {
-        return Err(Outcome::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("your token does not grant stream {}", query.subject),
-        ));
+    let read = query.read_window();
+    // (stream, the part of its record that belongs to the subject, from … until exclusive)
+    let mut parts = Vec::new();
+    match &query.subject {
+        Subject::Device(id) => {
+            if !visible.allows(id) {
+                return Err(Outcome::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("your token does not grant stream {id}"),
+                ));
+            }
+            // A stream never seen and without a record: an empty Bundle.
+            if gw.has_record(id) {
+                parts.push((id.clone(), i64::MIN, i64::MAX));
+            }
+        }
+        Subject::Patient(patient) => {
+            let spans = gw.patient_spans(patient).await.map_err(|e| {
+                warn!("cannot read the patient index for FHIR: {e}");
+                Outcome::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "exception",
+                    "the patient index cannot be read",
+                )
+            })?;
+            // Only what the token may see: a stream scoped token sees its own stream.
+            parts.extend(
+                spans
+                    .into_iter()
+                    .filter(|s| visible.allows(&s.stream))
+                    .map(|s| (s.stream, s.from_us, s.until_us.unwrap_or(i64::MAX))),
+            );
+        }
     }
-    let mut entries = Vec::new();
-    // Only streams seen since the gateway started are searched (unknown: an empty Bundle).
-    if gw.slot(&query.subject).is_some() {
-        let read = query.read_window();
-        let record = gw.record(&query.subject, read).await.map_err(|e| {
-            warn!(stream = %query.subject, "cannot read a journal for FHIR: {e}");
+    let mut records = Vec::new();
+    for (stream, from, until) in parts {
+        let window = Window {
+            from_us: Some(read.from_us.map_or(from, |f| f.max(from))),
+            to_us: Some(read.to_us.map_or(until - 1, |t| t.min(until - 1))),
+        };
+        let record = gw.record(&stream, window).await.map_err(|e| {
+            warn!(%stream, "cannot read a journal for FHIR: {e}");
             Outcome::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "exception",
                 "the stream's record cannot be read",
             )
         })?;
-        entries = query.observations(&record);
+        records.push(Part {
+            stream,
+            from_us: from,
+            until_us: until,
+            record,
+        });
     }
+    let entries = query.observations(&records);
     let bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",
@@ -186,10 +222,48 @@ impl Token {
     }
 }
 
+/// Whose Observations are searched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subject {
+    /// A stream: an ambulance or a monitor (`Device/<id>`, or a bare id).
+    Device(StreamId),
+    /// A patient named by HL7 feeds (PID-3): every stream's stretch while it measured them.
+    Patient(String),
+}
+
+impl Subject {
+    fn reference(&self) -> String {
+        match self {
+            Subject::Device(id) => format!("Device/{id}"),
+            Subject::Patient(id) => format!("Patient/{id}"),
+        }
+    }
+}
+
+/// The part of one stream's record that belongs to the subject.
+#[derive(Debug)]
+struct Part {
+    stream: StreamId,
+    /// First instant, µs (inclusive).
+    from_us: i64,
+    /// Last instant, µs (exclusive).
+    until_us: i64,
+    record: StreamRecord,
+}
+
+/// One numeric value found.
+#[derive(Debug, Clone)]
+struct Reading {
+    stream: StreamId,
+    vital: Vital,
+    at_us: i64,
+    value: f64,
+}
+
 /// A parsed Observation search.
 #[derive(Debug, PartialEq)]
 struct Query {
-    subject: StreamId,
+    subject: Subject,
     /// `None`: any code.
     codes: Option<Vec<Token>>,
     /// The waveform window, µs (inclusive), when waveforms are asked for.
@@ -216,10 +290,7 @@ impl Query {
         for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
             match &*name {
                 "subject" if subject.is_none() => {
-                    let id = value.strip_prefix("Device/").unwrap_or(&value);
-                    subject = Some(id.parse::<StreamId>().map_err(|_| {
-                        Outcome::invalid("subject must be Device/<stream id> or <stream id>")
-                    })?);
+                    subject = Some(parse_subject(&value)?);
                 }
                 "code" if codes.is_none() => {
                     let tokens: Vec<Token> = value
@@ -337,30 +408,48 @@ impl Query {
         })
     }
 
-    fn observations(&self, record: &StreamRecord) -> Vec<Value> {
+    /// The Observations in `parts`, the subject's share of each stream's record.
+    fn observations(&self, parts: &[Part]) -> Vec<Value> {
+        let subject = self.subject.reference();
         let mut out = Vec::new();
         if let Some(which) = self.numerics {
-            out.extend(self.numeric_observations(&record.frames, which));
+            let mut readings: Vec<Reading> =
+                parts.iter().flat_map(|p| self.readings(p, which)).collect();
+            if which == Numerics::Latest {
+                let mut latest: BTreeMap<Vital, Reading> = BTreeMap::new();
+                for r in readings {
+                    if latest.get(&r.vital).is_none_or(|l| r.at_us >= l.at_us) {
+                        latest.insert(r.vital, r);
+                    }
+                }
+                readings = latest.into_values().collect();
+            }
+            out.extend(readings.iter().map(|r| numeric_observation(&subject, r)));
         }
         if let Some((from, to)) = self.waveform {
-            let segments = segments(&record.frames, from, to, |c| self.wants_channel(c));
-            out.extend(
-                segments
-                    .iter()
-                    .map(|s| waveform_observation(&self.subject, s)),
-            );
+            for p in parts {
+                let (from, to) = (from.max(p.from_us), to.min(p.until_us - 1));
+                let segments = segments(&p.record.frames, from, to, |c| self.wants_channel(c));
+                out.extend(
+                    segments
+                        .iter()
+                        .map(|s| waveform_observation(&subject, &p.stream, s)),
+                );
+            }
         }
         out
     }
 
-    fn numeric_observations(&self, frames: &[Frame], which: Numerics) -> Vec<Value> {
-        let (from, to, latest_only) = match which {
-            Numerics::Latest => (i64::MIN, i64::MAX, true),
-            Numerics::In(from, to) => (from, to, false),
+    /// The wanted numerics of one part: all in the window, or each vital's latest.
+    fn readings(&self, part: &Part, which: Numerics) -> Vec<Reading> {
+        let (from, to) = match which {
+            Numerics::Latest => (i64::MIN, i64::MAX),
+            Numerics::In(from, to) => (from, to),
         };
-        let mut latest: BTreeMap<Vital, (i64, f64)> = BTreeMap::new();
+        let (from, to) = (from.max(part.from_us), to.min(part.until_us - 1));
+        let mut latest: BTreeMap<Vital, Reading> = BTreeMap::new();
         let mut out = Vec::new();
-        for f in frames {
+        for f in &part.record.frames {
             let Payload::Numerics(values) = &f.payload else {
                 continue;
             };
@@ -372,20 +461,40 @@ impl Query {
                 let Some(v) = Vital::from_code(n.code).filter(|&v| self.wants_vital(v)) else {
                     continue;
                 };
-                if !latest_only {
-                    out.push(numeric_observation(&self.subject, v, n.value, t));
-                } else if latest.get(&v).is_none_or(|&(at, _)| t >= at) {
-                    latest.insert(v, (t, n.value));
+                let reading = Reading {
+                    stream: part.stream.clone(),
+                    vital: v,
+                    at_us: t,
+                    value: n.value,
+                };
+                if which != Numerics::Latest {
+                    out.push(reading);
+                } else if latest.get(&v).is_none_or(|l| t >= l.at_us) {
+                    latest.insert(v, reading);
                 }
             }
         }
-        out.extend(
-            latest
-                .into_iter()
-                .map(|(v, (t, value))| numeric_observation(&self.subject, v, value, t)),
-        );
+        out.extend(latest.into_values());
         out
     }
+}
+
+/// Parses a `subject`: `Patient/<id>`, `Device/<stream id>` or a bare stream id.
+fn parse_subject(value: &str) -> Result<Subject, Outcome> {
+    if let Some(id) = value.strip_prefix("Patient/") {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"/|,".contains(&b));
+        return ok
+            .then(|| Subject::Patient(id.to_owned()))
+            .ok_or_else(|| Outcome::invalid("subject Patient/<id>: the id is empty or invalid"));
+    }
+    let id = value.strip_prefix("Device/").unwrap_or(value);
+    id.parse::<StreamId>().map(Subject::Device).map_err(|_| {
+        Outcome::invalid("subject must be Patient/<id>, Device/<stream id> or <stream id>")
+    })
 }
 
 /// Parses a `date` value: a prefix (`ge`, `gt`, `le`, `lt`) and an instant.
@@ -558,11 +667,12 @@ fn vital_signs_category() -> Value {
     }]}])
 }
 
-fn numeric_observation(subject: &StreamId, v: Vital, value: f64, at_us: i64) -> Value {
+fn numeric_observation(subject: &str, r: &Reading) -> Value {
+    let (v, stream, at_us) = (r.vital, &r.stream, r.at_us);
     let info = vital_info(v).expect("only coded vitals are selected");
     json!({
         "resourceType": "Observation",
-        "id": format!("{subject}-{}-{at_us}", v.code()),
+        "id": format!("{stream}-{}-{at_us}", v.code()),
         "status": "final",
         "category": vital_signs_category(),
         "code": {
@@ -572,9 +682,10 @@ fn numeric_observation(subject: &StreamId, v: Vital, value: f64, at_us: i64) -> 
             ],
             "text": info.display,
         },
-        "subject": {"reference": format!("Device/{subject}")},
+        "subject": {"reference": subject},
+        "device": {"reference": format!("Device/{stream}")},
         "effectiveDateTime": format_instant(at_us),
-        "valueQuantity": {"value": value, "unit": info.unit, "system": UCUM, "code": info.ucum},
+        "valueQuantity": {"value": r.value, "unit": info.unit, "system": UCUM, "code": info.ucum},
     })
 }
 
@@ -709,7 +820,7 @@ fn sampled_data(t: &Trace) -> Value {
     })
 }
 
-fn waveform_observation(subject: &StreamId, s: &Segment) -> Value {
+fn waveform_observation(subject: &str, stream: &StreamId, s: &Segment) -> Value {
     let start = s
         .traces
         .values()
@@ -739,10 +850,11 @@ fn waveform_observation(subject: &StreamId, s: &Segment) -> Value {
         .collect();
     json!({
         "resourceType": "Observation",
-        "id": format!("{subject}-waveform-{}", start.round() as i64),
+        "id": format!("{stream}-waveform-{}", start.round() as i64),
         "status": "final",
         "code": code,
-        "subject": {"reference": format!("Device/{subject}")},
+        "subject": {"reference": subject},
+        "device": {"reference": format!("Device/{stream}")},
         "effectivePeriod": {
             "start": format_instant(start.round() as i64),
             "end": format_instant(end.round() as i64),
@@ -791,6 +903,80 @@ mod tests {
 
     const T: i64 = 1_800_000_000_000_000;
 
+    fn whole(stream: &str, record: StreamRecord) -> Part {
+        Part {
+            stream: stream.parse().unwrap(),
+            from_us: i64::MIN,
+            until_us: i64::MAX,
+            record,
+        }
+    }
+
+    fn hr(seq: u64, at: i64, value: f64) -> Frame {
+        frame(
+            seq,
+            at,
+            Payload::Numerics(vec![Numeric {
+                code: Vital::Hr.code(),
+                value,
+            }]),
+        )
+    }
+
+    #[test]
+    fn fhir_patient_searches_take_only_the_patients_stretches() {
+        let q = Query::parse("subject=Patient/MRN-0042", T).unwrap();
+        assert_eq!(q.subject, Subject::Patient("MRN-0042".into()));
+        // MON-1 measured the patient from T+1 s until T+3 s; MON-2 from T+2.5 s on.
+        let mon1 = StreamRecord {
+            frames: (0..5)
+                .map(|i| hr(i, T + i as i64 * 1_000_000, 60.0 + i as f64))
+                .collect(),
+            alarms: Vec::new(),
+        };
+        let mon2 = StreamRecord {
+            frames: vec![hr(1, T + 2_000_000, 90.0), hr(2, T + 2_600_000, 91.0)],
+            alarms: Vec::new(),
+        };
+        let parts = [
+            Part {
+                stream: "MON-1".parse().unwrap(),
+                from_us: T + 1_000_000,
+                until_us: T + 3_000_000,
+                record: mon1,
+            },
+            Part {
+                stream: "MON-2".parse().unwrap(),
+                from_us: T + 2_500_000,
+                until_us: i64::MAX,
+                record: mon2,
+            },
+        ];
+        let latest = q.observations(&parts);
+        assert_eq!(latest.len(), 1, "one latest HR over both monitors");
+        assert_eq!(latest[0]["valueQuantity"]["value"], json!(91.0));
+        assert_eq!(latest[0]["subject"]["reference"], "Patient/MRN-0042");
+        assert_eq!(latest[0]["device"]["reference"], "Device/MON-2");
+
+        let all = Query {
+            numerics: Some(Numerics::In(T - 1, T + 10_000_000)),
+            ..q
+        }
+        .observations(&parts);
+        // Every value of the window, but only within the patient's stretches.
+        let values: Vec<_> = all
+            .iter()
+            .map(|o| o["valueQuantity"]["value"].as_f64().unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            [61.0, 62.0, 91.0],
+            "MON-1 at 1 s and 2 s, MON-2 at 2.6 s"
+        );
+        assert!(parse_subject("Patient/").is_err());
+        assert!(parse_subject("Patient/a|b").is_err());
+    }
+
     #[test]
     fn fhir_instants_parse_and_format() {
         assert_eq!(parse_instant("1970-01-01T00:00:00Z"), Some(0));
@@ -829,7 +1015,7 @@ mod tests {
         )
         .unwrap();
         let (from, to) = (1_800_005_400_000_000, 1_800_005_460_000_000 - 1);
-        assert_eq!(q.subject.as_str(), "AMB-7");
+        assert_eq!(q.subject, Subject::Device("AMB-7".parse().unwrap()));
         assert_eq!(q.waveform, Some((from, to)));
         assert_eq!(q.numerics, Some(Numerics::In(from, to)));
 
@@ -904,7 +1090,7 @@ mod tests {
         assert_eq!(segs.len(), 2);
         assert_eq!(segs[0].traces[&0].samples.len(), 30);
         assert_eq!(segs[1].traces[&0].samples, (1030..1040).collect::<Vec<_>>());
-        let obs = waveform_observation(&"AMB-7".parse().unwrap(), &segs[1]);
+        let obs = waveform_observation("Device/AMB-7", &"AMB-7".parse().unwrap(), &segs[1]);
         assert_eq!(obs["code"]["coding"][0]["code"], "131328");
         assert_eq!(obs["subject"]["reference"], "Device/AMB-7");
         assert_eq!(obs["component"][0]["code"]["text"], "MLII");
@@ -932,7 +1118,7 @@ mod tests {
             alarms: Vec::new(),
         };
         let q = Query::parse("subject=AMB-7", T).unwrap();
-        let obs = q.observations(&record);
+        let obs = q.observations(&[whole("AMB-7", record)]);
         assert_eq!(obs.len(), 1);
         let o = &obs[0];
         assert_eq!(

@@ -5,38 +5,27 @@
 //! refused message gets its `AE`/`AR` at once and the connection stays open.
 
 use crate::gateway::{Gateway, StreamSlot, now_ms, now_us};
-use crate::hl7::ack::{self, Acknowledgment, ErrorCode, Problem};
-use crate::hl7::message::Message;
-use crate::hl7::mllp::{MllpDecoder, encode};
-use crate::hl7::pcd01::{self, Observations, WaveformObs};
-use crate::hl7::{handle, reject_frame};
-use crate::wire::{
-    self, Block, Channel, Frame, Header, Layout, Numeric, Payload, StreamId, Waveform, WireError,
-};
-use bytes::Bytes;
+use crate::hl7::frames::{FramesError, frames_for};
+use crate::hl7::listener::{self, MessageHandler};
+use crate::hl7::mllp::MllpError;
+use crate::hl7::pcd01::Observations;
+use crate::hl7::{handle, not_stored};
+use crate::wire::StreamId;
 use recorder::journal::JournalError;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-/// Largest MLLP frame (one HL7 message) taken; a larger one is answered `AR` and dropped.
-pub const MAX_FRAME_BYTES: usize = 1 << 20;
-/// Most MLLP connections at once; more are closed as they are accepted.
-pub const MAX_CONNECTIONS: usize = 256;
-/// A connection that sends nothing (or takes no ACK) for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a message's frames to become durable before answering `AE` (207).
 pub const DURABLE_WAIT: Duration = Duration::from_secs(5);
 /// Most streams one connection may feed (a gateway or interface engine relays several
 /// monitors); messages for more are answered `AE` (207).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 64;
-/// Most samples in one waveform block (keeps a frame well under the wire limit).
-const MAX_BLOCK_SAMPLES: usize = 8192;
 
 /// Why an accepted message could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -45,40 +34,23 @@ enum StoreError {
     Journal(#[from] JournalError),
     #[error("more than {MAX_STREAMS_PER_CONNECTION} streams on one connection")]
     TooManyStreams,
-    #[error("more than 255 waveform channels")]
-    TooManyChannels,
-    #[error("a waveform's resolution or samples cannot be represented")]
-    Unrepresentable,
-    #[error("a frame cannot be encoded: {0}")]
-    Encode(#[from] WireError),
+    #[error(transparent)]
+    Frames(#[from] FramesError),
     #[error("the stream refused the frames: {0}")]
     Ingest(#[from] crate::gateway::ingest::IngestError),
     #[error("the values were not stored within {DURABLE_WAIT:?}")]
     NotDurable,
+    #[error("the patient cannot be recorded: {0}")]
+    Patient(std::io::Error),
 }
 
-/// Accepts MLLP connections until the listener fails; each is served on its own task.
-pub async fn serve_mllp(gw: Arc<Gateway>, listener: TcpListener) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!("MLLP accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            warn!(%peer, "too many MLLP connections ({MAX_CONNECTIONS}); closing a new one");
-            continue;
-        };
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            connection(gw, socket, peer).await;
-            drop(permit);
-        });
-    }
+/// Accepts MLLP connections (TLS ones with `tls`) until the listener fails.
+pub async fn serve_mllp(gw: Arc<Gateway>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    listener::serve(listener, tls, |_peer: SocketAddr| Links {
+        gw: gw.clone(),
+        attached: HashMap::new(),
+    })
+    .await;
 }
 
 /// The streams a connection feeds; their link shows "up" while it is open.
@@ -112,48 +84,15 @@ impl Drop for Links {
     }
 }
 
-async fn connection(gw: Arc<Gateway>, mut socket: TcpStream, peer: SocketAddr) {
-    let _ = socket.set_nodelay(true);
-    info!(%peer, "MLLP connection opened");
-    let mut decoder = MllpDecoder::new(MAX_FRAME_BYTES);
-    let mut links = Links {
-        gw: gw.clone(),
-        attached: HashMap::new(),
-    };
-    let mut buf = vec![0u8; 16 * 1024];
-    'read: loop {
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, socket.read(&mut buf)).await {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                info!(%peer, "MLLP read failed: {e}");
-                break;
-            }
-            Err(_) => {
-                info!(%peer, "MLLP connection idle for {IDLE_TIMEOUT:?}; closing");
-                break;
-            }
-        };
-        decoder.push(&buf[..n]);
-        while let Some(item) = decoder.poll() {
-            let reply = match item {
-                Ok(message) => take_message(&gw, &mut links, &message).await,
-                Err(error) => {
-                    count(&gw, "AR");
-                    warn!(%peer, "MLLP framing error: {error}");
-                    reject_frame(&error, now_us())
-                }
-            };
-            let framed = encode(&reply);
-            let write = socket.write_all(&framed);
-            if !matches!(tokio::time::timeout(IDLE_TIMEOUT, write).await, Ok(Ok(()))) {
-                info!(%peer, "MLLP peer does not take its ACK; closing");
-                break 'read;
-            }
-        }
+impl MessageHandler for Links {
+    async fn message(&mut self, message: &[u8]) -> Vec<u8> {
+        let gw = self.gw.clone();
+        take_message(&gw, self, message).await
     }
-    drop(links);
-    info!(%peer, "MLLP connection closed");
+
+    fn framing_error(&mut self, _error: &MllpError) {
+        count(&self.gw, "AR");
+    }
 }
 
 fn count(gw: &Gateway, code: &str) {
@@ -182,13 +121,7 @@ async fn take_message(gw: &Gateway, links: &mut Links, message: &[u8]) -> Vec<u8
         Err(e) => {
             count(gw, "AE");
             warn!(%stream, "HL7 message not stored: {e}");
-            let problem = Problem {
-                code: ErrorCode::ApplicationInternalError,
-                location: None,
-                message: e.to_string(),
-            };
-            let header = Message::parse_header(message).ok();
-            ack::build(header.as_ref(), &Acknowledgment::Error(problem), now)
+            not_stored(message, e.to_string(), now)
         }
     }
 }
@@ -202,6 +135,11 @@ async fn store(
     observations: &Observations,
 ) -> Result<usize, StoreError> {
     let slot = links.slot(stream).await?;
+    if let Some(patient) = &observations.patient {
+        gw.observe_patient(stream, &patient.id, observations.time_us)
+            .await
+            .map_err(StoreError::Patient)?;
+    }
     let (last, since, n) = {
         let mut state = slot.state.lock().expect("stream");
         let frames = frames_for(observations, stream, state.next_seq(), state.layout())?;
@@ -229,133 +167,12 @@ async fn store(
     }
 }
 
-/// One message's frames, encoded, numbered from `first_seq`: a layout when its waveforms'
-/// channels differ from `current`, then the vitals (one numerics frame), then the waveforms.
-fn frames_for(
-    observations: &Observations,
-    stream: &StreamId,
-    first_seq: u64,
-    current: Option<&[Channel]>,
-) -> Result<Vec<(Frame, Bytes)>, StoreError> {
-    let mut payloads: Vec<(i64, Payload)> = Vec::new();
-    let mut blocks = Vec::new();
-    if !observations.waveforms.is_empty() {
-        let mut channels = Vec::new();
-        for (i, w) in observations.waveforms.iter().enumerate() {
-            let index = u8::try_from(i).map_err(|_| StoreError::TooManyChannels)?;
-            let (gain, raw) = quantize(w)?;
-            channels.push(Channel {
-                index,
-                label: w.label.clone(),
-                unit: unit_name(w.unit_code).to_owned(),
-                rate_hz: w.rate_hz,
-                gain,
-                baseline: 0.0,
-                mdc: w.code,
-            });
-            blocks.push((index, w, raw));
-        }
-        if current != Some(channels.as_slice()) {
-            payloads.push((observations.time_us, Payload::Layout(Layout { channels })));
-        }
-    }
-    let vitals: Vec<Numeric> = observations
-        .numerics
-        .iter()
-        .filter_map(|n| {
-            n.vital.map(|v| Numeric {
-                code: v.code(),
-                value: n.value,
-            })
-        })
-        .collect();
-    if !vitals.is_empty() {
-        payloads.push((observations.time_us, Payload::Numerics(vitals)));
-    }
-    for (index, w, raw) in blocks {
-        for (k, chunk) in raw.chunks(MAX_BLOCK_SAMPLES).enumerate() {
-            let offset_us = (k * MAX_BLOCK_SAMPLES) as f64 * 1e6 / w.rate_hz;
-            let block = Block {
-                channel: index,
-                samples: chunk.to_vec(),
-            };
-            payloads.push((
-                w.time_us + offset_us as i64,
-                Payload::Waveform(Waveform {
-                    blocks: vec![block],
-                }),
-            ));
-        }
-    }
-    payloads
-        .into_iter()
-        .zip(first_seq..)
-        .map(|((capture_us, payload), seq)| {
-            let frame = Frame {
-                header: Header {
-                    kind: payload.kind(),
-                    flags: 0,
-                    stream: stream.clone(),
-                    seq,
-                    capture_us,
-                },
-                payload,
-            };
-            let bytes = Bytes::from(wire::encode(&frame)?);
-            Ok((frame, bytes))
-        })
-        .collect()
-}
-
-/// The gain (raw units per physical unit) and raw samples of a waveform: the samples as sent
-/// when they are integers, else scaled by the least power of ten (up to 10⁶) that makes them
-/// so.
-fn quantize(w: &WaveformObs) -> Result<(f64, Vec<i32>), StoreError> {
-    let scale = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6]
-        .into_iter()
-        .find(|m| {
-            w.samples
-                .iter()
-                .all(|s| ((s * m).round() - s * m).abs() < 1e-6)
-        })
-        .unwrap_or(1e6);
-    let gain = scale / w.resolution.unwrap_or(1.0);
-    if !(gain.is_finite() && gain > 0.0 && w.rate_hz > 0.0) {
-        return Err(StoreError::Unrepresentable);
-    }
-    let raw = w
-        .samples
-        .iter()
-        .map(|s| {
-            let r = (s * scale).round();
-            (r.is_finite() && r >= f64::from(i32::MIN) && r <= f64::from(i32::MAX))
-                .then_some(r as i32)
-                .ok_or(StoreError::Unrepresentable)
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((gain, raw))
-}
-
-/// A channel's unit text for an MDC unit code (empty when not known).
-fn unit_name(code: u32) -> &'static str {
-    match code {
-        pcd01::MDC_DIM_MILLI_VOLT => "mV",
-        pcd01::MDC_DIM_PERCENT => "%",
-        pcd01::MDC_DIM_MMHG => "mmHg",
-        pcd01::MDC_DIM_KILO_PASCAL => "kPa",
-        pcd01::MDC_DIM_DEGC => "Cel",
-        pcd01::MDC_DIM_BEAT_PER_MIN => "/min",
-        pcd01::MDC_DIM_RESP_PER_MIN => "/min",
-        _ => "",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gateway::stream::{AmbulanceStream, record_kind};
     use crate::hl7::pcd01::tests::MONITOR;
-    use crate::wire::Vital;
+    use crate::wire::{self, Payload, Vital};
 
     const NOW: i64 = 1_749_713_600_000_000;
 
@@ -459,38 +276,5 @@ mod tests {
         let short = Duration::from_millis(50);
         assert!(!slot.wait_durable(since.through + 1, rewound, short).await);
         assert!(slot.wait_durable(since.through, rewound, short).await);
-    }
-
-    #[test]
-    fn mllp_long_and_fractional_waveforms_are_split_and_scaled() {
-        let mut obs = observations(MONITOR);
-        let w = &mut obs.waveforms[0];
-        w.resolution = None;
-        w.samples = (0..MAX_BLOCK_SAMPLES + 10)
-            .map(|i| i as f64 * 0.25)
-            .collect();
-        let rate = w.rate_hz;
-        let start = w.time_us;
-        let id = obs.source.stream_key();
-        let frames = frames_for(&obs, &id, 1, None).unwrap();
-        let Payload::Layout(layout) = &frames[0].0.payload else {
-            panic!()
-        };
-        assert_eq!(layout.channels[0].gain, 100.0);
-        let waves: Vec<_> = frames
-            .iter()
-            .filter_map(|(f, _)| match &f.payload {
-                Payload::Waveform(w) => Some((f.header.capture_us, w.blocks[0].samples.len())),
-                _ => None,
-            })
-            .collect();
-        let second = start + (MAX_BLOCK_SAMPLES as f64 * 1e6 / rate) as i64;
-        assert_eq!(waves, [(start, MAX_BLOCK_SAMPLES), (second, 10)]);
-
-        obs.waveforms[0].samples = vec![1e12];
-        assert!(matches!(
-            frames_for(&obs, &id, 1, None),
-            Err(StoreError::Unrepresentable)
-        ));
     }
 }

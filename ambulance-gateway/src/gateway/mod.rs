@@ -15,6 +15,7 @@ pub mod http;
 pub mod ingest;
 mod metrics;
 pub mod mllp;
+pub mod patients;
 pub mod record;
 pub mod stream;
 pub mod viewer;
@@ -138,6 +139,8 @@ pub struct Gateway {
     jobs: Vec<std::sync::mpsc::Sender<Job>>,
     summaries: Mutex<Arc<Vec<StreamSummary>>>,
     metrics: metrics::GatewayMetrics,
+    /// Patients of HL7-fed streams, read from the data directory on first use.
+    patients: tokio::sync::Mutex<Option<patients::PatientFile>>,
 }
 
 impl Gateway {
@@ -155,6 +158,7 @@ impl Gateway {
             jobs,
             summaries: Mutex::new(Arc::new(Vec::new())),
             metrics: metrics::GatewayMetrics::new(),
+            patients: tokio::sync::Mutex::new(None),
         });
         for rx in queues {
             let weak = Arc::downgrade(&gw);
@@ -182,6 +186,47 @@ impl Gateway {
         self.streams.lock().expect("streams").get(id).cloned()
     }
 
+    /// Whether the stream has connected since the gateway started or has a record in the
+    /// data directory.
+    pub fn has_record(&self, id: &StreamId) -> bool {
+        self.slot(id).is_some() || self.stream_dir(id).is_dir()
+    }
+
+    fn stream_dir(&self, id: &StreamId) -> PathBuf {
+        self.config.data_dir.join("telemetry").join(id.as_str())
+    }
+
+    /// Notes that `stream` reported `patient` at `at_us` (see [`patients`]); a change is
+    /// synced to the data directory before this returns.
+    pub async fn observe_patient(
+        &self,
+        stream: &StreamId,
+        patient: &str,
+        at_us: i64,
+    ) -> std::io::Result<()> {
+        let mut file = self.patient_file().await?;
+        let file = file.as_mut().expect("opened");
+        // Rare (a new patient) and small: done in place.
+        file.observe(stream, patient, at_us)
+    }
+
+    /// The stretches of streams that reported `patient` (see [`patients::Span`]).
+    pub async fn patient_spans(&self, patient: &str) -> std::io::Result<Vec<patients::Span>> {
+        let file = self.patient_file().await?;
+        Ok(file.as_ref().expect("opened").spans(patient))
+    }
+
+    async fn patient_file(
+        &self,
+    ) -> std::io::Result<tokio::sync::MutexGuard<'_, Option<patients::PatientFile>>> {
+        let mut file = self.patients.lock().await;
+        if file.is_none() {
+            let dir = self.config.data_dir.join("telemetry");
+            *file = Some(patients::PatientFile::open(&dir)?);
+        }
+        Ok(file)
+    }
+
     /// Every stream's summary as of the last timer tick (at most a second old).
     pub fn summaries(&self) -> Arc<Vec<StreamSummary>> {
         self.summaries.lock().expect("summaries").clone()
@@ -196,7 +241,7 @@ impl Gateway {
         if let Some(slot) = self.slot(id) {
             return Ok(slot);
         }
-        let dir = self.config.data_dir.join("telemetry").join(id.as_str());
+        let dir = self.stream_dir(id);
         let (journal, durable, layout) = tokio::task::spawn_blocking(move || recover(dir))
             .await
             .expect("recovery task")?;

@@ -1,4 +1,4 @@
-//! HL7 v2 in, sans-IO (no sockets): what an MLLP listener for monitors needs.
+//! HL7 v2 in: what an MLLP listener for monitors needs, sans-IO except [`listener`].
 //!
 //! - [`mllp`]: the framing (`0x0B` message `0x1C 0x0D`), [`mllp::MllpDecoder`] and
 //!   [`mllp::encode`];
@@ -7,13 +7,16 @@
 //!   [`pcd01::Observations`];
 //! - [`ack`]: the `ACK` (`MSA|AA`, or `AE`/`AR` with an `ERR` segment) answering each message.
 //!
+//! - [`frames`]: accepted observations as frames of the telemetry wire format.
+//!
 //! [`handle`] ties them together for one framed message, [`reject_frame`] answers a framing
-//! error. A listener loop: push what the socket read into the decoder, then for each
-//! [`mllp::MllpDecoder::poll`] result send back `mllp::encode(&handle(&frame, now).ack)` (or
-//! `mllp::encode(&reject_frame(&error, now))`) and keep the connection open.
+//! error. [`listener`] is the thin async shell around them (TCP or TLS connections, one ACK
+//! per message, the connection kept open) that the gateway and the agent share.
 
 pub mod ack;
 pub(crate) mod dtm;
+pub mod frames;
+pub mod listener;
 pub mod message;
 pub mod mllp;
 pub mod pcd01;
@@ -68,6 +71,18 @@ pub fn reject_frame(error: &MllpError, now_us: i64) -> Vec<u8> {
         &Acknowledgment::refusal(error.problem()),
         now_us,
     )
+}
+
+/// The `AE` (207, application internal error) for an accepted message that could not be
+/// stored; `why` is told to the sender in `ERR-8`.
+pub fn not_stored(message_bytes: &[u8], why: String, now_us: i64) -> Vec<u8> {
+    let problem = Problem {
+        code: ack::ErrorCode::ApplicationInternalError,
+        location: None,
+        message: why,
+    };
+    let header = Message::parse_header(message_bytes).ok();
+    ack::build(header.as_ref(), &Acknowledgment::Error(problem), now_us)
 }
 
 fn refuse(header: Option<&Message>, problem: Problem, now_us: i64) -> Handled {
