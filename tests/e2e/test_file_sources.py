@@ -159,6 +159,47 @@ def test_edf_replays_every_lead_exactly(server: Server, tmp_path: Path):
     assert np.allclose(np.array(leads["aVR"]["data"]) * 2.0, physical, rtol=0, atol=1e-9)
 
 
+def test_mixed_rate_edf_keeps_each_channels_rate(server: Server, tmp_path: Path):
+    """ECG at 500 Hz, pleth at 125 Hz and respiration at 25 Hz in one EDF+ (pyedflib): each
+    channel comes back from FHIR and from the EDF+ export (read by pyedflib) at its own rate,
+    sample for sample."""
+    rates = {"ECG II": 500, "Pleth": 125, "Resp": 25}
+    seconds = 6
+    data = {label: lead_values(i, rate * seconds) for i, (label, rate) in enumerate(rates.items())}
+    path = tmp_path / "mixed.edf"
+    with pyedflib.EdfWriter(str(path), len(rates), file_type=pyedflib.FILETYPE_EDFPLUS) as w:
+        w.setSignalHeaders([dict(label=label, dimension="uV", sample_frequency=rate,
+                                 physical_min=-4096.0, physical_max=4094.0,
+                                 digital_min=-2048, digital_max=2047, transducer="", prefilter="")
+                            for label, rate in rates.items()])
+        w.writeSamples([data[label].astype(np.int32) for label in rates], digital=True)
+    started = datetime.now(timezone.utc)
+    agent = replay(server, "AMB-24", path, tmp_path)
+    assert agent.returncode == 0, agent.stderr[-3000:] + "\n" + server.log_tail()
+
+    leads = leads_from_fhir(server, "AMB-24", started)
+    assert list(leads) == list(rates), list(leads)
+    for label, rate in rates.items():
+        sd = leads[label]["sd"]
+        assert sd["period"] == pytest.approx(1000 / rate, rel=1e-12), (label, sd)
+        got = np.array(leads[label]["data"])
+        assert np.array_equal(got, data[label]), f"{label}: {len(got)} samples, first {got[:5]}"
+
+    er = server.token(None, "Dr Files", "er")
+    req = urllib.request.Request(f"{server.url}/telemetry/streams/AMB-24/record.edf",
+                                 headers={"Authorization": f"Bearer {er}"})
+    exported = tmp_path / "exported.edf"
+    with urllib.request.urlopen(req, timeout=30) as r:
+        exported.write_bytes(r.read())
+    with pyedflib.EdfReader(str(exported)) as edf:
+        labels = edf.getSignalLabels()
+        for label, rate in rates.items():
+            i = next(k for k, l in enumerate(labels) if l.endswith(label.removeprefix("ECG ")))
+            assert edf.getSampleFrequency(i) == rate, (label, edf.getSampleFrequency(i))
+            digital = edf.readSignal(i, digital=True)
+            assert np.array_equal(digital[:len(data[label])], data[label]), label
+
+
 def test_dicom_ecg_replays_every_lead_as_pydicom_reads_it(server: Server, tmp_path: Path):
     n = RATE * 10
     path = tmp_path / "twelve.dcm"

@@ -1,11 +1,12 @@
 //! An EDF or EDF+ file as a [`Source`]: every ordinary signal a channel, its digital values
 //! sent as they are, with the file's labels, units and scaling.
 //!
-//! The `EDF Annotations` signal is skipped. Every channel must have the same samples per
-//! data record (the framer sends all channels at one rate). The records of an EDF+D file
-//! are replayed back to back: the gaps between them are not kept (a warning says how many).
+//! The `EDF Annotations` signal is skipped. Channels keep their own rates (samples per data
+//! record): the base rate is the least common multiple, and each channel is sent at its own
+//! rate ([`Source::decimation`]). The records of an EDF+D file are replayed back to back: the
+//! gaps between them are not kept (a warning says how many).
 
-use super::source::{Source, SourceError, file_identity, lead_mdc, rate_mhz};
+use super::source::{Source, SourceError, file_identity, lcm, lead_mdc, rate_mhz};
 use crate::wire::{Channel, Layout};
 use recorder::edf_read::{self, Header, Kind};
 use std::fs::File;
@@ -20,7 +21,10 @@ pub struct EdfSource {
     /// Header indexes of the ordinary signals (the channels).
     signals: Vec<usize>,
     records: u64,
-    per_record: usize,
+    /// Base samples per data record: the least common multiple of the signals' counts.
+    per_record: u64,
+    /// Base samples per sample, of each channel.
+    decimation: Vec<u64>,
     rate_mhz: u64,
     /// The last data record read: its index and samples.
     cached: Option<(u64, Vec<Vec<i16>>)>,
@@ -53,24 +57,26 @@ impl EdfSource {
                 signals.len()
             )));
         }
-        let per_record = header.signals[signals[0]].samples_per_record;
-        if signals
+        let counts: Vec<u64> = signals
             .iter()
-            .any(|&i| header.signals[i].samples_per_record != per_record)
-        {
-            let counts: Vec<String> = signals
-                .iter()
-                .map(|&i| header.signals[i].samples_per_record.to_string())
-                .collect();
-            return Err(invalid(format!(
-                "its signals have different sample rates ({} samples per data record); \
-                 the agent sends every channel at one rate",
-                counts.join(", ")
-            )));
-        }
-        if per_record == 0 || header.record_secs <= 0.0 {
+            .map(|&i| header.signals[i].samples_per_record as u64)
+            .collect();
+        if counts.contains(&0) || header.record_secs <= 0.0 {
             return Err(invalid("its data records hold no samples".into()));
         }
+        let per_record = counts.iter().fold(1, |l, &c| lcm(l, c));
+        if per_record > 1 << 24 {
+            return Err(invalid(format!(
+                "its signals' rates ({} samples per data record) have no common base rate \
+                 the agent can use",
+                counts
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let decimation = counts.iter().map(|&c| per_record / c).collect();
         let rate_mhz = rate_mhz(per_record as f64 / header.record_secs)?;
         for &i in &signals {
             let s = &header.signals[i];
@@ -98,6 +104,7 @@ impl EdfSource {
             signals,
             records,
             per_record,
+            decimation,
             cached: None,
         };
         if source.header.kind == Kind::Discontinuous {
@@ -170,7 +177,6 @@ impl EdfSource {
 
 impl Source for EdfSource {
     fn layout(&self) -> Layout {
-        let rate_hz = self.per_record as f64 / self.header.record_secs;
         Layout {
             channels: self
                 .signals
@@ -185,7 +191,7 @@ impl Source for EdfSource {
                         index: index as u8,
                         label: s.label.clone(),
                         unit: s.unit.clone(),
-                        rate_hz,
+                        rate_hz: s.samples_per_record as f64 / self.header.record_secs,
                         gain,
                         baseline: f64::from(s.digital_min) - s.physical_min * gain,
                         mdc: lead_mdc(lead.trim()),
@@ -199,20 +205,33 @@ impl Source for EdfSource {
         self.rate_mhz
     }
 
+    fn decimation(&self) -> Vec<u64> {
+        self.decimation.clone()
+    }
+
     fn read(&mut self, start: u64, count: usize) -> Result<Vec<Vec<i32>>, SourceError> {
-        let per_record = self.per_record as u64;
-        let end = (start + count as u64).min(self.records * per_record);
-        let signals = self.signals.clone();
-        let mut out = vec![Vec::with_capacity(count); signals.len()];
-        let mut at = start;
-        while at < end {
-            let (r, first) = (at / per_record, (at % per_record) as usize);
-            let last = (end - r * per_record).min(per_record) as usize;
+        let end = (start + count as u64).min(self.records * self.per_record);
+        let mut out = vec![Vec::new(); self.signals.len()];
+        if start >= end {
+            return Ok(out);
+        }
+        for r in start / self.per_record..=(end - 1) / self.per_record {
+            let base = r * self.per_record;
+            // Each channel's samples whose base positions are in start..end, in this record.
+            let ranges: Vec<(usize, usize)> = self
+                .decimation
+                .iter()
+                .map(|&d| {
+                    let first = start.max(base).saturating_sub(base).div_ceil(d);
+                    let last = (end.min(base + self.per_record) - base).div_ceil(d);
+                    (first as usize, last as usize)
+                })
+                .collect();
+            let signals = self.signals.clone();
             let record = self.record(r)?;
-            for (o, &i) in out.iter_mut().zip(&signals) {
+            for ((o, &i), (first, last)) in out.iter_mut().zip(&signals).zip(ranges) {
                 o.extend(record[i][first..last].iter().map(|&v| i32::from(v)));
             }
-            at = r * per_record + last as u64;
         }
         Ok(out)
     }
@@ -315,6 +334,47 @@ mod tests {
     }
 
     #[test]
+    fn mixed_rates_replay_each_channel_at_its_own_rate() {
+        use crate::agent::source::Framer;
+        use crate::wire::{Payload, decode};
+        let dir = tempfile::tempdir().unwrap();
+        let (path, want) = write(
+            dir.path(),
+            vec![
+                signal("ECG II", 250),
+                signal("Pleth", 125),
+                signal("Resp", 25),
+            ],
+            &[0, 1_000_000, 2_000_000],
+        );
+        let src = EdfSource::open(&path).unwrap();
+        assert_eq!(
+            (src.rate_mhz(), src.decimation()),
+            (250_000, vec![1, 2, 10])
+        );
+        let rates: Vec<f64> = src.layout().channels.iter().map(|c| c.rate_hz).collect();
+        assert_eq!(rates, [250.0, 125.0, 25.0]);
+        let mut framer = Framer::new("AMB-1".parse().unwrap(), Box::new(src), 0, 1, None, 0);
+        let mut got = vec![Vec::new(); 3];
+        while !framer.finished() {
+            for p in framer.produce().unwrap() {
+                let frame = decode(&p.bytes).unwrap();
+                let Payload::Waveform(w) = frame.payload else {
+                    continue;
+                };
+                // Every block starts at the frame's capture time: a whole number of each
+                // channel's sample periods (4, 8 and 40 ms) from the start.
+                assert_eq!(frame.header.capture_us % 40_000, 0);
+                for b in w.blocks {
+                    got[usize::from(b.channel)].extend(b.samples);
+                }
+            }
+        }
+        assert_eq!(got, want, "every sample of every channel, once, in order");
+        assert_eq!(framer.position(), 750);
+    }
+
+    #[test]
     fn edf_plus_d_replays_back_to_back() {
         let dir = tempfile::tempdir().unwrap();
         let (path, want) = write(dir.path(), vec![signal("II", 10)], &[0, 5_000_000]);
@@ -329,11 +389,11 @@ mod tests {
         let err = |path: &Path| EdfSource::open(path).err().unwrap().to_string();
         let (path, _) = write(
             dir.path(),
-            vec![signal("I", 250), signal("Pleth", 125)],
+            vec![signal("I", 5003), signal("Pleth", 5009)],
             &[0],
         );
         assert!(
-            err(&path).contains("different sample rates (250, 125"),
+            err(&path).contains("rates (5003, 5009 samples per data record) have no common"),
             "{}",
             err(&path)
         );

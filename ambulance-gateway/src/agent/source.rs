@@ -36,14 +36,22 @@ pub enum SourceError {
     Wire(#[from] wire::WireError),
 }
 
-/// A deterministic source of samples: every channel at the same rate.
+/// A deterministic source of samples. Positions count samples at the base rate
+/// ([`Source::rate_mhz`]); a slower channel has one sample every
+/// [`Source::decimation`] base samples.
 pub trait Source: Send {
     /// The channels.
     fn layout(&self) -> Layout;
-    /// The sample rate of every channel, in millihertz.
+    /// The base sample rate, in millihertz: that of every channel unless
+    /// [`Source::decimation`] says otherwise.
     fn rate_mhz(&self) -> u64;
-    /// The samples `start..start + count` of every channel, in layout order. At the end of
-    /// the source fewer (possibly none) are returned.
+    /// For each channel in layout order, how many base samples one of its samples spans
+    /// (channel `c`'s sample `k` is at base position `k × decimation[c]`). All 1 by default.
+    fn decimation(&self) -> Vec<u64> {
+        vec![1; self.layout().channels.len()]
+    }
+    /// The samples of every channel (in layout order) whose base positions are in
+    /// `start..start + count`. At the end of the source fewer (possibly none) are returned.
     fn read(&mut self, start: u64, count: usize) -> Result<Vec<Vec<i32>>, SourceError>;
     /// The vital signs of second `second` of the source (recordings have none).
     fn numerics(&self, _second: u64) -> Vec<Numeric> {
@@ -259,6 +267,11 @@ pub struct Framer {
     stream: StreamId,
     source: Box<dyn Source>,
     rate_mhz: u64,
+    /// Base samples per sample of the first channel.
+    first_decimation: u64,
+    /// Chunks start at multiples of this many base samples (every channel's decimation
+    /// divides it), so each block starts exactly at its frame's capture time.
+    step: u64,
     /// Source index of this run's first sample.
     start: u64,
     /// Samples this run may take, if limited.
@@ -276,8 +289,8 @@ pub struct Framer {
 
 impl Framer {
     /// A framer reading `source` from index `start`, numbering frames from `next_seq`; sample
-    /// `start` was captured at `origin_us`. It stops after `limit` samples, or at the end of
-    /// the source.
+    /// `start` was captured at `origin_us`. It stops after `limit` base samples (rounded up
+    /// to a whole step when channels have different rates), or at the end of the source.
     pub fn new(
         stream: StreamId,
         source: Box<dyn Source>,
@@ -287,12 +300,16 @@ impl Framer {
         origin_us: i64,
     ) -> Self {
         let rate_mhz = source.rate_mhz();
+        let decimation = source.decimation();
+        let step = decimation.iter().fold(1, |l, &d| lcm(l, d.max(1)));
         Self {
             stream,
             source,
             rate_mhz,
+            first_decimation: decimation.first().copied().unwrap_or(1).max(1),
+            step,
             start,
-            limit,
+            limit: limit.map(|l| l.div_ceil(step) * step),
             chunk: 0,
             position: start,
             next_seq: next_seq.max(1),
@@ -360,7 +377,7 @@ impl Framer {
         } else {
             Vec::new()
         };
-        let got = data.first().map_or(0, Vec::len) as u64;
+        let got = (data.first().map_or(0, Vec::len) as u64 * self.first_decimation).min(b - a);
         self.position = self.start + a + got;
         if got > 0 {
             let blocks = data
@@ -419,9 +436,11 @@ impl Framer {
         })
     }
 
-    /// First sample (counted from `start`) of chunk `k`.
+    /// First base sample (counted from `start`) of chunk `k`: a multiple of the step.
     fn chunk_start(&self, k: u64) -> u64 {
-        (u128::from(k) * u128::from(self.rate_mhz) / (1000 * u128::from(FRAMES_PER_SEC))) as u64
+        let n = (u128::from(k) * u128::from(self.rate_mhz) / (1000 * u128::from(FRAMES_PER_SEC)))
+            as u64;
+        n / self.step * self.step
     }
 
     fn clip(&self, n: u64) -> u64 {
@@ -442,6 +461,15 @@ impl Framer {
     fn first_sample_of(&self, s: u64) -> u64 {
         (u128::from(s) * u128::from(self.rate_mhz)).div_ceil(1000) as u64
     }
+}
+
+/// Least common multiple.
+pub(crate) fn lcm(a: u64, b: u64) -> u64 {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
 }
 
 /// The default labels of a recording with `channels` channels: `ECG` for one, the 12-lead
