@@ -1,6 +1,7 @@
-"""Files in: `medrelay ambulance --source FILE` replays a 12-lead EDF+ written by pyedflib and a
-12-lead DICOM ECG written by pydicom (tools written by others); GET /fhir/Observation gives
-every lead back sample for sample with the file's labels, rate and scaling. A truncated EDF and
+"""Files in: `medrelay ambulance --source FILE` replays a 12-lead EDF+ and a mixed-rate EDF+
+written by pyedflib, and 12-lead and General ECG DICOM files (8, 16 and 32-bit samples)
+written by pydicom (tools written by others); GET /fhir/Observation gives every lead back
+sample for sample with the file's labels, rates and scaling. A truncated EDF and
 a file that is not DICOM make the agent exit non-zero with a clear message, before connecting."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from medrelay_harness import ARTIFACTS, BIN, Server
 
 LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
+GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"
 RATE = 500
 
 
@@ -45,15 +47,18 @@ def write_edf(path: Path, n: int) -> list[np.ndarray]:
     return data
 
 
-def write_dicom(path: Path, n: int, baseline_v6: float = 10.0) -> np.ndarray:
-    """A 12-lead ECG Waveform Storage object, 16-bit SS at RATE Hz, 2.5 µV per unit; V6 has a
-    ChannelBaseline. No patient data. Returns the stored samples, shape (n, 12)."""
+def write_dicom(path: Path, n: int, baseline_v6: float = 10.0, sop_class: str = TWELVE_LEAD_ECG,
+                interpretation: str = "SS") -> np.ndarray:
+    """An ECG Waveform Storage object (12-lead by default), 16-bit SS (or 8-bit SB, 32-bit SL)
+    at RATE Hz, 2.5 µV per unit; V6 has a ChannelBaseline. No patient data. Returns the stored
+    samples, shape (n, 12)."""
+    dtype, bits = {"SB": ("i1", 8), "SS": ("<i2", 16), "SL": ("<i4", 32)}[interpretation]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = TWELVE_LEAD_ECG
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = TWELVE_LEAD_ECG
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "ECG"
     ds.PatientID = "TEST"
@@ -75,9 +80,14 @@ def write_dicom(path: Path, n: int, baseline_v6: float = 10.0) -> np.ndarray:
         ch.ChannelSensitivityCorrectionFactor = "1"
         ch.ChannelBaseline = str(baseline_v6) if lead == "V6" else "0"
         ch.ChannelSampleSkew = "0"
-        ch.WaveformBitsStored = 16
+        ch.WaveformBitsStored = bits
         channels.append(ch)
-    samples = np.stack([lead_values(i, n) for i in range(12)], axis=1).astype("<i2")
+    samples = np.stack([lead_values(i, n) for i in range(12)], axis=1)
+    if interpretation == "SB":
+        samples = samples // 8  # within -128..127
+    elif interpretation == "SL":
+        samples = samples.astype(np.int64) * 50_000  # beyond 16 bits
+    samples = samples.astype(dtype)
     group = Dataset()
     group.MultiplexGroupLabel = "RHYTHM"
     group.WaveformOriginality = "ORIGINAL"
@@ -85,8 +95,8 @@ def write_dicom(path: Path, n: int, baseline_v6: float = 10.0) -> np.ndarray:
     group.NumberOfWaveformSamples = n
     group.SamplingFrequency = str(RATE)
     group.ChannelDefinitionSequence = Sequence(channels)
-    group.WaveformBitsAllocated = 16
-    group.WaveformSampleInterpretation = "SS"
+    group.WaveformBitsAllocated = bits
+    group.WaveformSampleInterpretation = interpretation
     group.WaveformData = samples.tobytes()
     ds.WaveformSequence = Sequence([group])
     ds.save_as(str(path), enforce_file_format=True)
@@ -200,18 +210,24 @@ def test_mixed_rate_edf_keeps_each_channels_rate(server: Server, tmp_path: Path)
             assert np.array_equal(digital[:len(data[label])], data[label]), label
 
 
-def test_dicom_ecg_replays_every_lead_as_pydicom_reads_it(server: Server, tmp_path: Path):
-    n = RATE * 10
-    path = tmp_path / "twelve.dcm"
-    stored = write_dicom(path, n)
+@pytest.mark.parametrize("sop_class,interpretation,stream", [
+    (TWELVE_LEAD_ECG, "SS", "AMB-22"),
+    (GENERAL_ECG, "SB", "AMB-25"),
+    (GENERAL_ECG, "SL", "AMB-26"),
+])
+def test_dicom_ecg_replays_every_lead_as_pydicom_reads_it(server: Server, tmp_path: Path, sop_class: str,
+                                                          interpretation: str, stream: str):
+    n = RATE * (10 if interpretation == "SS" else 4)
+    path = tmp_path / "ecg.dcm"
+    stored = write_dicom(path, n, sop_class=sop_class, interpretation=interpretation)
     ds = pydicom.dcmread(path)
     scaled = ds.waveform_array(0)
     assert scaled.shape == (n, 12)
     started = datetime.now(timezone.utc)
-    agent = replay(server, "AMB-22", path, tmp_path)
+    agent = replay(server, stream, path, tmp_path)
     assert agent.returncode == 0, agent.stderr[-3000:] + "\n" + server.log_tail()
 
-    leads = leads_from_fhir(server, "AMB-22", started)
+    leads = leads_from_fhir(server, stream, started)
     assert list(leads) == LEADS, list(leads)
     for i, lead in enumerate(LEADS):
         sd = leads[lead]["sd"]

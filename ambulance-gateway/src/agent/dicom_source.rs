@@ -4,8 +4,8 @@
 //! with the lead names of their Channel Source Sequence, its sampling frequency, and each
 //! channel's sensitivity, correction factor, baseline and units, so that
 //! `(raw - baseline) / gain` is what pydicom's `waveform_array` gives
-//! (`raw × sensitivity × correction + ChannelBaseline`). Samples are 16-bit (SS or US),
-//! sent as stored.
+//! (`raw × sensitivity × correction + ChannelBaseline`). Samples are 8-bit (SB, UB), 16-bit
+//! (SS, US) or 32-bit (SL, UL), sent as stored.
 
 use super::source::{Source, SourceError, file_identity, lead_mdc, rate_mhz};
 use crate::wire::{Channel, Layout};
@@ -96,16 +96,12 @@ fn read_group(group: &InMemDicomObject) -> Result<(Layout, u64, Vec<Vec<i32>>), 
     let rate_mhz = rate_mhz(rate_hz).map_err(|e| e.to_string())?;
     let bits = int(group, BITS_ALLOCATED, "WaveformBitsAllocated")?;
     let interpretation = text(group, SAMPLE_INTERPRETATION);
-    let signed = match (bits, interpretation.as_str()) {
-        (16, "SS") => true,
-        (16, "US") => false,
-        _ => {
-            return Err(format!(
-                "{bits}-bit {interpretation:?} waveform samples are not supported (16-bit SS \
-                 or US are)"
-            ));
-        }
-    };
+    let sample = SampleFormat::of(bits, &interpretation).ok_or_else(|| {
+        format!(
+            "{bits}-bit {interpretation:?} waveform samples are not supported (8-bit SB/UB, \
+             16-bit SS/US, 32-bit SL/UL are)"
+        )
+    })?;
     if channels == 0 || channels > 255 {
         return Err(format!(
             "{channels} waveform channels; the agent sends 1 to 255"
@@ -126,40 +122,18 @@ fn read_group(group: &InMemDicomObject) -> Result<(Layout, u64, Vec<Vec<i32>>), 
     let data = group
         .get(WAVEFORM_DATA)
         .ok_or("the waveform has no WaveformData")?;
-    let values: Vec<i32> = match data.value() {
-        Value::Primitive(PrimitiveValue::U8(bytes)) => bytes
-            .chunks_exact(2)
-            .map(|b| {
-                let v = u16::from_le_bytes([b[0], b[1]]);
-                if signed {
-                    i32::from(v as i16)
-                } else {
-                    i32::from(v)
-                }
-            })
-            .collect(),
-        Value::Primitive(PrimitiveValue::U16(words)) => words
-            .iter()
-            .map(|&v| {
-                if signed {
-                    i32::from(v as i16)
-                } else {
-                    i32::from(v)
-                }
-            })
-            .collect(),
-        Value::Primitive(PrimitiveValue::I16(words)) => words
-            .iter()
-            .map(|&v| {
-                if signed {
-                    i32::from(v)
-                } else {
-                    i32::from(v as u16)
-                }
-            })
-            .collect(),
-        _ => return Err("the WaveformData is not 16-bit words".into()),
+    // The value as little-endian bytes, however the reader typed it.
+    let bytes: Vec<u8> = match data.value() {
+        Value::Primitive(PrimitiveValue::U8(bytes)) => bytes.to_vec(),
+        Value::Primitive(PrimitiveValue::U16(words)) => {
+            words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        }
+        Value::Primitive(PrimitiveValue::I16(words)) => {
+            words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        }
+        _ => return Err("the WaveformData is not a byte or word array".into()),
     };
+    let values = sample.decode(&bytes)?;
     if values.len() < channels * count {
         return Err(format!(
             "truncated WaveformData: {} samples for {channels} channels × {count}",
@@ -173,6 +147,64 @@ fn read_group(group: &InMemDicomObject) -> Result<(Layout, u64, Vec<Vec<i32>>), 
         }
     }
     Ok((layout, rate_mhz, samples))
+}
+
+/// How WaveformData stores a sample (WaveformBitsAllocated and WaveformSampleInterpretation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SampleFormat {
+    /// `SB`: signed 8-bit.
+    I8,
+    /// `UB`: unsigned 8-bit.
+    U8,
+    /// `SS`: signed 16-bit.
+    I16,
+    /// `US`: unsigned 16-bit.
+    U16,
+    /// `SL`: signed 32-bit.
+    I32,
+    /// `UL`: unsigned 32-bit (values above `i32::MAX` are refused).
+    U32,
+}
+
+impl SampleFormat {
+    fn of(bits: u32, interpretation: &str) -> Option<Self> {
+        Some(match (bits, interpretation) {
+            (8, "SB") => Self::I8,
+            (8, "UB") => Self::U8,
+            (16, "SS") => Self::I16,
+            (16, "US") => Self::U16,
+            (32, "SL") => Self::I32,
+            (32, "UL") => Self::U32,
+            _ => return None,
+        })
+    }
+
+    /// The samples in little-endian `bytes`.
+    fn decode(self, bytes: &[u8]) -> Result<Vec<i32>, String> {
+        Ok(match self {
+            Self::I8 => bytes.iter().map(|&b| i32::from(b as i8)).collect(),
+            Self::U8 => bytes.iter().map(|&b| i32::from(b)).collect(),
+            Self::I16 => bytes
+                .chunks_exact(2)
+                .map(|b| i32::from(i16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            Self::U16 => bytes
+                .chunks_exact(2)
+                .map(|b| i32::from(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            Self::I32 => bytes
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Self::U32 => bytes
+                .chunks_exact(4)
+                .map(|b| {
+                    let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    i32::try_from(v).map_err(|_| format!("the sample {v} does not fit 31 bits"))
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 /// Channel `index` from its ChannelDefinitionSequence item.
@@ -324,6 +356,24 @@ mod tests {
             "{cut}"
         );
         assert!(err(&FIXTURE[..FIXTURE.len() / 2]).contains("DICOM"));
+    }
+
+    #[test]
+    fn every_sample_format_decodes_little_endian() {
+        let f = |bits, i: &str| SampleFormat::of(bits, i).unwrap();
+        assert_eq!(f(8, "SB").decode(&[0x80, 0x7f]).unwrap(), [-128, 127]);
+        assert_eq!(f(8, "UB").decode(&[0x80, 0x7f]).unwrap(), [128, 127]);
+        assert_eq!(
+            f(16, "SS").decode(&[0x00, 0x80, 0xff, 0x7f]).unwrap(),
+            [-32768, 32767]
+        );
+        assert_eq!(f(16, "US").decode(&[0x00, 0x80]).unwrap(), [32768]);
+        let min = i32::MIN.to_le_bytes();
+        assert_eq!(f(32, "SL").decode(&min).unwrap(), [i32::MIN]);
+        assert_eq!(f(32, "UL").decode(&7u32.to_le_bytes()).unwrap(), [7]);
+        assert!(f(32, "UL").decode(&u32::MAX.to_le_bytes()).is_err());
+        assert_eq!(SampleFormat::of(16, "MB"), None, "mu-law is audio, not ECG");
+        assert_eq!(SampleFormat::of(12, "SS"), None);
     }
 
     #[test]
