@@ -1,11 +1,13 @@
 //! Any bytes, as one message or as an MLLP stream, get an ACK that our own parser reads back,
 //! with an MSA saying AA, AE or AR, and never a panic; an accepted message yields a valid
-//! stream key; a frame round-trips through the decoder.
+//! stream key and frames that decode back; an MLLP frame round-trips through the decoder.
 #![no_main]
 
+use ambulance_gateway::hl7::frames::frames_for;
 use ambulance_gateway::hl7::message::Message;
 use ambulance_gateway::hl7::mllp::{END_BLOCK, MllpDecoder, START_BLOCK, encode};
 use ambulance_gateway::hl7::{handle, reject_frame};
+use ambulance_gateway::wire;
 use libfuzzer_sys::fuzz_target;
 
 const NOW_US: i64 = 1_750_000_000_000_000;
@@ -34,7 +36,13 @@ fuzz_target!(|data: &[u8]| {
         "observations exactly when accepted"
     );
     if let Some(observations) = &handled.observations {
-        let _ = observations.source.stream_key();
+        let stream = observations.source.stream_key();
+        // Its frames (when representable) decode back to what was encoded.
+        if let Ok(frames) = frames_for(observations, &stream, 1, None) {
+            for (frame, bytes) in frames {
+                assert_eq!(wire::decode(&bytes).expect("our frame decodes"), frame);
+            }
+        }
     }
 
     // The bytes as a stream, in two pushes, with a small frame limit.
