@@ -115,7 +115,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let keys = TokenKeys::new(&hex::decode(secret)?);
 
     let media_bind = SocketAddr::new(config.listen.ip(), config.media_port);
-    let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip)
+    let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip, None)
         .await
         .with_context(|| format!("binding the media socket {media_bind}"))?;
     let state = signaling::AppState::new(keys.clone(), api_key, sfu);

@@ -1167,7 +1167,7 @@ fn main() {
             keys.clone(),
         );
         // A metrics registry like `medrelay serve`'s, to read the gateway's own histogram.
-        let (sfu, events) = sfu::shell::spawn("127.0.0.1:0".parse().expect("addr"), None)
+        let (sfu, events) = sfu::shell::spawn("127.0.0.1:0".parse().expect("addr"), None, None)
             .await
             .expect("media socket");
         std::mem::forget(events);

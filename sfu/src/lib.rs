@@ -15,7 +15,8 @@
 //! the *publisher* connection (the client offers, it carries what the participant sends) and
 //! the *subscriber* connection (the router offers, it carries what the participant receives
 //! and the room's `chat` data channel). A published [`Track`](TrackInfo) is forwarded to each
-//! other participant of the room through one *subscription* (mediasoup's consumer).
+//! other participant of the room through one *subscription* (mediasoup's consumer). While a
+//! room is recorded, its tracks' packets are also handed to a recorder ([`tap`]).
 
 pub mod demux;
 mod error;
@@ -25,6 +26,7 @@ mod peer;
 pub mod rewrite;
 mod router;
 pub mod shell;
+pub mod tap;
 mod track;
 
 pub use error::SfuError;

@@ -10,6 +10,7 @@
 use crate::demux::{Demuxer, PcKey, PcKind};
 use crate::peer;
 use crate::rewrite::{ExtensionMap, SequenceRewriter};
+use crate::tap::{Tap, TapCodec, TapId, TapPacket, TapTrack};
 use crate::{ParticipantId, ParticipantInfo, SfuError, TrackInfo, TrackKind, TrackSource};
 use bytes::BytesMut;
 use rtc::data_channel::RTCDataChannelId;
@@ -32,6 +33,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
+
+/// Most taps queued for the recorder before packets are dropped (counted in
+/// [`RouterStats::dropped_taps`]).
+const MAX_QUEUED_TAPS: usize = 4096;
 
 /// Settings of the forwarding core.
 #[derive(Debug, Clone)]
@@ -119,6 +124,9 @@ pub struct RouterStats {
     pub unroutable_datagrams: u64,
     /// Chat messages dropped (too large or not text).
     pub dropped_chat_messages: u64,
+    /// Recording taps dropped because the queue for the recorder was full (the shell drains
+    /// it after every input, so this stays 0 unless the loop stalls).
+    pub dropped_taps: u64,
 }
 
 type TrackKey = (ParticipantId, String);
@@ -155,6 +163,8 @@ struct PublishedTrack {
     extensions: Vec<(u8, String)>,
     subscriptions: Vec<Subscription>,
     last_keyframe_request: Option<Instant>,
+    /// Its tap number while its room is recorded.
+    tap: Option<TapId>,
 }
 
 /// One track forwarded to one subscriber (mediasoup's consumer).
@@ -195,6 +205,11 @@ pub struct Router {
     transmits: VecDeque<Datagram>,
     events: VecDeque<RouterEvent>,
     stats: RouterStats,
+    /// Rooms being recorded.
+    recorded_rooms: HashSet<String>,
+    /// Taps for the recorder, drained by [`Router::poll_tap`].
+    taps: VecDeque<Tap>,
+    next_tap: TapId,
 }
 
 impl Router {
@@ -212,6 +227,9 @@ impl Router {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: RouterStats::default(),
+            recorded_rooms: HashSet::new(),
+            taps: VecDeque::new(),
+            next_tap: 0,
         }
     }
 
@@ -405,6 +423,77 @@ impl Router {
         if let Some(publisher) = participant.publisher.as_mut() {
             let _ = publisher.close();
         }
+    }
+
+    /// Starts or stops recording `room`: while on, every track published in it is tapped
+    /// ([`Router::poll_tap`]); turning it on asks each video publisher for a keyframe so the
+    /// recording starts with a picture.
+    pub fn set_recording(&mut self, now: Instant, room: &str, on: bool) {
+        let keys: Vec<TrackKey> = self
+            .tracks
+            .keys()
+            .filter(|(publisher, _)| {
+                self.participants
+                    .get(publisher)
+                    .is_some_and(|p| p.info.room == room)
+            })
+            .cloned()
+            .collect();
+        if on {
+            if !self.recorded_rooms.insert(room.to_owned()) {
+                return;
+            }
+            for key in keys {
+                self.start_tap(now, &key, room);
+            }
+        } else if self.recorded_rooms.remove(room) {
+            for key in keys {
+                if let Some(tap) = self.tracks.get_mut(&key).and_then(|t| t.tap.take()) {
+                    self.taps.push_back(Tap::Ended { tap });
+                }
+            }
+        }
+    }
+
+    /// The next tap for the recorder, if any. Drain after every input, as with
+    /// [`Router::poll_transmit`].
+    pub fn poll_tap(&mut self) -> Option<Tap> {
+        self.taps.pop_front()
+    }
+
+    /// Announces a track of a recorded room and asks its publisher for a keyframe.
+    fn start_tap(&mut self, now: Instant, key: &TrackKey, room: &str) {
+        let Some(track) = self.tracks.get_mut(key) else {
+            return;
+        };
+        if track.tap.is_some() {
+            return;
+        }
+        self.next_tap += 1;
+        let tap = self.next_tap;
+        track.tap = Some(tap);
+        self.taps.push_back(Tap::Started(TapTrack {
+            tap,
+            room: room.to_owned(),
+            participant: key.0,
+            identity: track.info.identity.clone(),
+            role: track.info.role.clone(),
+            publisher_track_id: track.publisher_track_id.clone(),
+            kind: track.info.kind,
+            source: track.info.source,
+            codecs: track
+                .codecs
+                .iter()
+                .map(|(pt, c)| TapCodec {
+                    payload_type: *pt,
+                    mime_type: c.mime_type.clone(),
+                    clock_rate: c.clock_rate,
+                    channels: c.channels,
+                    fmtp: c.sdp_fmtp_line.clone(),
+                })
+                .collect(),
+        }));
+        self.request_keyframe(now, key, Throttle::No);
     }
 
     /// Sends `text` on the `chat` data channel of every participant of `from`'s room but
@@ -691,8 +780,12 @@ impl Router {
                 extensions,
                 subscriptions: Vec::new(),
                 last_keyframe_request: None,
+                tap: None,
             },
         );
+        if self.recorded_rooms.contains(&room) {
+            self.start_tap(now, &key, &room);
+        }
         let members = self.rooms.get(&room).cloned().unwrap_or_default();
         for member in members.into_iter().filter(|m| *m != publisher) {
             if let Err(e) = self
@@ -743,6 +836,9 @@ impl Router {
         let Some(track) = self.tracks.remove(key) else {
             return;
         };
+        if let Some(tap) = track.tap {
+            self.taps.push_back(Tap::Ended { tap });
+        }
         for sub in track.subscriptions {
             self.downtracks
                 .remove(&(sub.subscriber, track.info.track_id.clone()));
@@ -906,6 +1002,20 @@ impl Router {
             return;
         };
         let payload_len = packet.payload.len() as u64;
+        if let Some(tap) = track.tap {
+            if self.taps.len() < MAX_QUEUED_TAPS {
+                self.taps.push_back(Tap::Packet(TapPacket {
+                    tap,
+                    payload_type: packet.header.payload_type,
+                    sequence_number: packet.header.sequence_number,
+                    timestamp: packet.header.timestamp,
+                    marker: packet.header.marker,
+                    payload: packet.payload.clone(),
+                }));
+            } else {
+                self.stats.dropped_taps += 1;
+            }
+        }
         for sub in track.subscriptions.iter_mut() {
             let Some(p) = self.participants.get_mut(&sub.subscriber) else {
                 continue;

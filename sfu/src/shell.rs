@@ -4,6 +4,7 @@
 //! the current time, sends what the router wants sent, passes the router's events on, and
 //! sleeps until the router's next deadline. Every decision is the router's.
 
+use crate::tap::TapSink;
 use crate::{
     Datagram, ParticipantId, ParticipantInfo, PublishAnswer, Router, RouterConfig, RouterEvent,
     RouterStats, SfuError, TrackSource,
@@ -41,6 +42,10 @@ enum Command {
     BroadcastChat {
         from: ParticipantId,
         payload: String,
+    },
+    SetRecording {
+        room: String,
+        on: bool,
     },
 }
 
@@ -129,6 +134,18 @@ impl SfuHandle {
         let _ = self.commands.send(Command::Leave(id)).await;
     }
 
+    /// See [`Router::set_recording`]: the room's tracks go to the tap sink given to
+    /// [`spawn`] while on.
+    pub async fn set_recording(&self, room: &str, on: bool) -> Result<(), MediaLoopGone> {
+        self.commands
+            .send(Command::SetRecording {
+                room: room.to_owned(),
+                on,
+            })
+            .await
+            .map_err(|_| MediaLoopGone)
+    }
+
     /// See [`Router::broadcast_chat`].
     pub async fn broadcast_chat(&self, from: ParticipantId, payload: String) {
         let _ = self
@@ -142,10 +159,12 @@ impl SfuHandle {
 ///
 /// Returns the handle for signaling and the stream of router events. Events are control
 /// plane (offers, chat, failures): a handful per participant action, so their channel is
-/// unbounded; the media path never waits on signaling.
+/// unbounded; the media path never waits on signaling. Recorded rooms' taps go to `taps`
+/// (dropped when there is none).
 pub async fn spawn(
     bind: SocketAddr,
     announce: Option<std::net::IpAddr>,
+    taps: Option<Box<dyn TapSink>>,
 ) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<RouterEvent>)> {
     let socket = UdpSocket::bind(bind).await?;
     let local = socket.local_addr()?;
@@ -161,6 +180,7 @@ pub async fn spawn(
         local,
         command_rx,
         event_tx,
+        taps,
         stats.clone(),
     ));
     Ok((
@@ -179,6 +199,7 @@ async fn run(
     local: SocketAddr,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::UnboundedSender<RouterEvent>,
+    mut taps: Option<Box<dyn TapSink>>,
     stats: Arc<Mutex<MediaStats>>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -188,6 +209,11 @@ async fn run(
         while let Some(d) = router.poll_transmit() {
             if let Err(e) = socket.send_to(&d.data, d.remote).await {
                 debug!(remote = %d.remote, error = %e, "send failed");
+            }
+        }
+        while let Some(tap) = router.poll_tap() {
+            if let Some(sink) = taps.as_mut() {
+                sink.deliver(tap);
             }
         }
         while let Some(event) = router.poll_event() {
@@ -266,5 +292,6 @@ fn apply(router: &mut Router, command: Command) {
         }
         Command::Leave(id) => router.leave(now, id),
         Command::BroadcastChat { from, payload } => router.broadcast_chat(now, from, &payload),
+        Command::SetRecording { room, on } => router.set_recording(now, &room, on),
     }
 }

@@ -20,6 +20,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu::tap::Tap;
 use sfu::{
     Datagram, ParticipantId, ParticipantInfo, Router, RouterConfig, RouterEvent, TrackSource,
 };
@@ -93,6 +94,7 @@ struct Net {
     router: Router,
     clients: Vec<Client>,
     events: Vec<RouterEvent>,
+    taps: Vec<Tap>,
 }
 
 impl Net {
@@ -103,6 +105,7 @@ impl Net {
             router: Router::new(RouterConfig::new(ROUTER_ADDR.parse().unwrap())),
             clients: Vec::new(),
             events: Vec::new(),
+            taps: Vec::new(),
         }
     }
 
@@ -165,6 +168,9 @@ impl Net {
         }
         while let Some(e) = self.router.poll_event() {
             self.events.push(e);
+        }
+        while let Some(t) = self.router.poll_tap() {
+            self.taps.push(t);
         }
         self.now += STEP;
     }
@@ -498,4 +504,84 @@ fn chat_is_relayed_between_data_channels() {
         net.clients[0].chat.is_empty(),
         "the sender does not get its own message"
     );
+}
+
+/// A recorded room's track is tapped: announced with its codec, then its packets exactly as
+/// the publisher sent them, then ended when recording stops or the publisher leaves; a
+/// keyframe is asked for when a tap starts.
+#[test]
+fn recorded_rooms_tap_their_tracks_packets() {
+    let mut net = Net::new();
+    net.router.set_recording(net.now, "consult", true);
+    let publisher = net.join(2, true);
+    net.take_offer(publisher);
+    let (pub_client, sender, ssrc) = net.publish_video(publisher, 40002);
+    net.run_until(Duration::from_secs(5), |n| n.clients[0].connected);
+    assert!(
+        net.taps.iter().all(|t| matches!(t, Tap::Started(_))),
+        "no packet yet: {:?}",
+        net.taps
+    );
+    for seq in 1..=5 {
+        net.send_rtp(pub_client, sender, ssrc, seq, u32::from(seq) * 3000);
+    }
+    net.run_until(Duration::from_secs(1), |n| n.taps.len() >= 6);
+    let Tap::Started(track) = &net.taps[0] else {
+        panic!("the track is announced first: {:?}", net.taps[0])
+    };
+    assert_eq!(
+        (
+            track.participant,
+            track.publisher_track_id.as_str(),
+            track.kind,
+            track.source
+        ),
+        (
+            publisher,
+            "camera-track",
+            sfu::TrackKind::Video,
+            TrackSource::Camera
+        )
+    );
+    assert_eq!(track.codecs[0].mime_type.to_ascii_lowercase(), "video/vp8");
+    assert_eq!(track.codecs[0].clock_rate, 90_000);
+    let tap = track.tap;
+    let packets: Vec<(u16, u32, Vec<u8>)> = net.taps[1..]
+        .iter()
+        .map(|t| match t {
+            Tap::Packet(p) if p.tap == tap => (p.sequence_number, p.timestamp, p.payload.to_vec()),
+            other => panic!("a packet of the track: {other:?}"),
+        })
+        .collect();
+    let sent: Vec<(u16, u32, Vec<u8>)> = (1..=5)
+        .map(|seq| {
+            (
+                seq,
+                u32::from(seq) * 3000,
+                format!("frame-{seq}").into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(packets, sent);
+    assert!(
+        net.router.stats().plis_sent >= 1,
+        "a keyframe was asked for"
+    );
+
+    net.taps.clear();
+    net.router.set_recording(net.now, "consult", false);
+    net.send_rtp(pub_client, sender, ssrc, 6, 18_000);
+    net.run_until(Duration::from_millis(200), |_| false);
+    assert_eq!(net.taps, [Tap::Ended { tap }]);
+
+    net.taps.clear();
+    net.router.set_recording(net.now, "consult", true);
+    net.router.leave(net.now, publisher);
+    net.run_until(Duration::from_millis(100), |_| false);
+    assert!(
+        matches!(&net.taps[..], [Tap::Started(t), Tap::Ended { tap: ended }] if t.tap == *ended && t.tap != tap),
+        "{:?}",
+        net.taps
+    );
+    assert_eq!(net.router.stats().dropped_taps, 0);
 }
