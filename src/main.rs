@@ -118,7 +118,12 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip, None)
         .await
         .with_context(|| format!("binding the media socket {media_bind}"))?;
-    let state = signaling::AppState::new(keys.clone(), api_key, sfu);
+    let state = signaling::AppState::new(
+        keys.clone(),
+        api_key,
+        sfu,
+        Arc::new(signaling::records::NoRecords),
+    );
     tokio::spawn(signaling::dispatch(state.clone(), events));
     let gateway = ambulance_gateway::gateway::Gateway::start(
         ambulance_gateway::gateway::GatewayConfig {

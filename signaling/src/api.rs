@@ -1,14 +1,16 @@
-//! The administrative REST API (rooms and participants) guarded by the API key, and its
-//! OpenAPI description.
+//! The administrative REST API (rooms, participants, tokens, recording) guarded by the API
+//! key, and its OpenAPI description.
 
 use crate::AppState;
+use crate::protocol::RecordingStatus;
+use crate::records::{self, Actor};
 use crate::registry::{ParticipantDetail, RoomView};
 use crate::token::{MAX_NAME_LEN, Role, Scope};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sfu::ParticipantId;
@@ -28,12 +30,15 @@ pub enum ApiError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The service cannot do it now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The JSON body of every REST error.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// `unauthorized`, `not_found` or `bad_request`.
+    /// `unauthorized`, `not_found`, `bad_request` or `unavailable`.
     pub code: String,
     /// What was wrong.
     pub message: String,
@@ -45,6 +50,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         let body = ErrorBody {
             code: code.into(),
@@ -62,6 +68,26 @@ pub struct CreateRoom {
     pub name: String,
     /// Optional participant limit.
     pub max_participants: Option<u32>,
+    /// Record the room whenever someone is in it (default false).
+    #[serde(default)]
+    pub record: bool,
+}
+
+/// Body of `PUT /api/rooms/{room}/recording`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRecording {
+    /// Whether the room is to be recorded.
+    pub on: bool,
+}
+
+/// Answer of `PUT /api/rooms/{room}/recording`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingState {
+    /// Whether the room is being recorded now.
+    pub on: bool,
+    /// The recording, while on.
+    pub recording: Option<RecordingStatus>,
 }
 
 /// Body of `POST /api/rooms/{room}/tokens`.
@@ -105,8 +131,40 @@ async fn create_room(
     }
     let room = state
         .registry
-        .create_room(&body.name, body.max_participants);
+        .create_room(&body.name, body.max_participants, body.record);
     Ok((StatusCode::CREATED, Json(room)))
+}
+
+#[utoipa::path(put, path = "/api/rooms/{room}/recording", request_body = SetRecording,
+    params(("room" = String, Path, description = "Room name")),
+    responses((status = 200, body = RecordingState), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("api_key" = [])))]
+async fn set_recording(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    Json(body): Json<SetRecording>,
+) -> Result<Json<RecordingState>, ApiError> {
+    if !valid_room_name(&room) {
+        return Err(ApiError::BadRequest("invalid room name".into()));
+    }
+    let unavailable = |e: records::RecordsError| ApiError::Unavailable(e.to_string());
+    let recording = if body.on {
+        Some(
+            records::start(&state, &room, Actor::api())
+                .await
+                .map_err(unavailable)?,
+        )
+    } else {
+        records::stop(&state, &room, Actor::api())
+            .await
+            .map_err(unavailable)?;
+        None
+    };
+    Ok(Json(RecordingState {
+        on: recording.is_some(),
+        recording,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/rooms",
@@ -225,6 +283,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
             delete(remove_participant),
         )
         .route("/api/rooms/{room}/tokens", post(create_token))
+        .route("/api/rooms/{room}/recording", put(set_recording))
         .layer(axum::middleware::from_fn_with_state(state, require_api_key))
 }
 
@@ -247,8 +306,8 @@ impl utoipa::Modify for ApiKeyScheme {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "medrelay REST API", description = "Rooms, participants and join tokens. The WebSocket protocol at /ws is described in docs/signaling.md."),
-    paths(create_room, list_rooms, close_room, list_participants, remove_participant, create_token),
-    components(schemas(RoomView, ParticipantDetail, CreateRoom, CreateToken, TokenResponse, ErrorBody, Role)),
+    paths(create_room, list_rooms, close_room, list_participants, remove_participant, create_token, set_recording),
+    components(schemas(RoomView, ParticipantDetail, CreateRoom, CreateToken, TokenResponse, ErrorBody, Role, SetRecording, RecordingState, RecordingStatus)),
     modifiers(&ApiKeyScheme)
 )]
 pub struct ApiDoc;
@@ -284,6 +343,7 @@ mod tests {
             "/api/rooms/{room}/participants",
             "/api/rooms/{room}/participants/{participant}",
             "/api/rooms/{room}/tokens",
+            "/api/rooms/{room}/recording",
         ] {
             assert!(
                 paths.iter().any(|p| *p == path),

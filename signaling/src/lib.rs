@@ -3,13 +3,15 @@
 //! `/metrics` and `/healthz`.
 //!
 //! Signaling talks to the media loop only through [`sfu::shell::SfuHandle`] (join, publish
-//! offer, subscribe answer, leave, chat) and the router's events, which [`dispatch`] routes
-//! to the participants' sessions.
+//! offer, subscribe answer, leave, chat, recording taps) and the router's events, which
+//! [`dispatch`] routes to the participants' sessions; to recording and the audit trail only
+//! through [`records::ConsultRecords`].
 
 pub mod api;
 mod limiter;
 pub mod metrics;
 pub mod protocol;
+pub mod records;
 pub mod registry;
 mod session;
 pub mod token;
@@ -46,11 +48,20 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Join rate limit per client address.
     pub join_limiter: JoinLimiter,
+    /// Recording and the audit trail.
+    pub records: Arc<dyn records::ConsultRecords>,
+    /// Serializes starting and stopping recordings.
+    recording_lock: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
-    /// State for a server with these keys and media loop.
-    pub fn new(keys: token::TokenKeys, api_key: String, sfu: SfuHandle) -> Arc<Self> {
+    /// State for a server with these keys, media loop and records.
+    pub fn new(
+        keys: token::TokenKeys,
+        api_key: String,
+        sfu: SfuHandle,
+        records: Arc<dyn records::ConsultRecords>,
+    ) -> Arc<Self> {
         let registry = Arc::new(Registry::default());
         Arc::new(Self {
             keys,
@@ -59,6 +70,8 @@ impl AppState {
             registry,
             sfu,
             join_limiter: JoinLimiter::default(),
+            records,
+            recording_lock: tokio::sync::Mutex::new(()),
         })
     }
 }

@@ -39,6 +39,11 @@ pub enum ClientMessage {
         /// Whether it is muted now.
         muted: bool,
     },
+    /// Start (`on: true`) or stop recording the room (specialists only).
+    SetRecording {
+        /// Whether the room is to be recorded.
+        on: bool,
+    },
     /// Leave the room.
     Leave {},
 }
@@ -62,6 +67,17 @@ pub struct ParticipantView {
     pub identity: String,
     /// Role from the token.
     pub role: String,
+}
+
+/// A room's recording in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RecordingStatus {
+    /// The recording's id (in the recordings API).
+    pub recording_id: String,
+    /// Who started it (an identity, `api`, or `room` for a room recorded from the start).
+    pub by: String,
+    /// When it started, milliseconds since the Unix epoch.
+    pub since_ms: u64,
 }
 
 /// A track in a subscribe offer, with its current mute state.
@@ -100,6 +116,16 @@ pub enum ServerMessage {
         room: String,
         /// The others already in the room.
         participants: Vec<ParticipantView>,
+        /// The room's recording in progress, if it is being recorded.
+        recording: Option<RecordingStatus>,
+    },
+    /// The room's recording started (`on: true`, with its status) or stopped.
+    Recording {
+        /// Whether the room is being recorded now.
+        on: bool,
+        /// The recording, while on.
+        #[serde(flatten)]
+        status: Option<RecordingStatus>,
     },
     /// Someone joined.
     ParticipantJoined {
@@ -177,6 +203,8 @@ pub enum ErrorCode {
     RateLimited,
     /// Removed by an administrator.
     Removed,
+    /// Recording cannot start now (no recorder, a full disk, the recorder stopped).
+    RecordingUnavailable,
     /// A server failure.
     Internal,
 }
@@ -216,6 +244,7 @@ impl ErrorCode {
             ErrorCode::SdpTooLarge => "sdp_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Removed => "removed",
+            ErrorCode::RecordingUnavailable => "recording_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -250,11 +279,12 @@ impl From<ProtocolError> for ServerMessage {
     }
 }
 
-const KNOWN_TYPES: [&str; 5] = [
+const KNOWN_TYPES: [&str; 6] = [
     "join",
     "publish_offer",
     "subscribe_answer",
     "set_muted",
+    "set_recording",
     "leave",
 ];
 

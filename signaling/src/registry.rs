@@ -1,7 +1,9 @@
 //! Who is in which room: the signaling side's record of rooms and participants, and the
 //! channel to each participant's WebSocket session.
 
-use crate::protocol::{ErrorCode, LeaveReason, ParticipantView, ProtocolError, ServerMessage};
+use crate::protocol::{
+    ErrorCode, LeaveReason, ParticipantView, ProtocolError, RecordingStatus, ServerMessage,
+};
 use serde::Serialize;
 use sfu::ParticipantId;
 use std::collections::{HashMap, HashSet};
@@ -34,6 +36,10 @@ pub struct RoomView {
     pub max_participants: Option<u32>,
     /// Participants present now.
     pub participants: u32,
+    /// Whether the room is recorded whenever someone is in it.
+    pub record: bool,
+    /// Its recording in progress, if any.
+    pub recording: Option<RecordingStatus>,
 }
 
 /// A participant as the REST API shows it.
@@ -51,6 +57,20 @@ struct Room {
     max_participants: Option<u32>,
     members: Vec<ParticipantId>,
     closed: bool,
+    /// Recorded from the start (created so by the REST API).
+    record: bool,
+}
+
+impl Room {
+    fn new() -> Self {
+        Self {
+            created_at_ms: now_ms(),
+            max_participants: None,
+            members: Vec::new(),
+            closed: false,
+            record: false,
+        }
+    }
 }
 
 struct Member {
@@ -65,6 +85,22 @@ struct Member {
 struct Inner {
     rooms: HashMap<String, Room>,
     members: HashMap<ParticipantId, Member>,
+    /// Recordings in progress by room (a room emptied while recorded stays here until its
+    /// recording is stopped).
+    recordings: HashMap<String, RecordingStatus>,
+}
+
+impl Inner {
+    fn view(&self, name: &str, r: &Room) -> RoomView {
+        RoomView {
+            name: name.to_owned(),
+            created_at_ms: r.created_at_ms,
+            max_participants: r.max_participants,
+            participants: r.members.len() as u32,
+            record: r.record,
+            recording: self.recordings.get(name).cloned(),
+        }
+    }
 }
 
 /// Rooms and participants. All methods take the lock briefly and never await.
@@ -100,12 +136,7 @@ impl Registry {
         session: mpsc::Sender<SessionSignal>,
     ) -> Result<Vec<ParticipantView>, ProtocolError> {
         let mut inner = self.lock();
-        let entry = inner.rooms.entry(room.to_owned()).or_insert_with(|| Room {
-            created_at_ms: now_ms(),
-            max_participants: None,
-            members: Vec::new(),
-            closed: false,
-        });
+        let entry = inner.rooms.entry(room.to_owned()).or_insert_with(Room::new);
         if entry.closed {
             return Err(ProtocolError::new(
                 ErrorCode::RoomClosed,
@@ -160,7 +191,11 @@ impl Registry {
         if let Some(room) = inner.rooms.get_mut(&member.room) {
             room.members.retain(|m| *m != id);
             others = room.members.clone();
-            if room.members.is_empty() && !room.closed && room.max_participants.is_none() {
+            if room.members.is_empty()
+                && !room.closed
+                && room.max_participants.is_none()
+                && !room.record
+            {
                 inner.rooms.remove(&member.room);
             }
         }
@@ -235,23 +270,16 @@ impl Registry {
             .map(|m| m.view.identity.clone())
     }
 
-    /// Creates (or reopens) a room with an optional participant limit.
-    pub fn create_room(&self, name: &str, max_participants: Option<u32>) -> RoomView {
+    /// Creates (or reopens) a room with an optional participant limit, recorded whenever
+    /// someone is in it if `record`.
+    pub fn create_room(&self, name: &str, max_participants: Option<u32>, record: bool) -> RoomView {
         let mut inner = self.lock();
-        let room = inner.rooms.entry(name.to_owned()).or_insert_with(|| Room {
-            created_at_ms: now_ms(),
-            max_participants: None,
-            members: Vec::new(),
-            closed: false,
-        });
+        let room = inner.rooms.entry(name.to_owned()).or_insert_with(Room::new);
         room.closed = false;
         room.max_participants = max_participants;
-        RoomView {
-            name: name.to_owned(),
-            created_at_ms: room.created_at_ms,
-            max_participants: room.max_participants,
-            participants: room.members.len() as u32,
-        }
+        room.record = record;
+        let room = inner.rooms.get(name).expect("just inserted");
+        inner.view(name, room)
     }
 
     /// Open rooms.
@@ -261,15 +289,52 @@ impl Registry {
             .rooms
             .iter()
             .filter(|(_, r)| !r.closed)
-            .map(|(name, r)| RoomView {
-                name: name.clone(),
-                created_at_ms: r.created_at_ms,
-                max_participants: r.max_participants,
-                participants: r.members.len() as u32,
-            })
+            .map(|(name, r)| inner.view(name, r))
             .collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         rooms
+    }
+
+    /// Whether `room` is recorded whenever someone is in it.
+    pub fn records_from_start(&self, room: &str) -> bool {
+        self.lock().rooms.get(room).is_some_and(|r| r.record)
+    }
+
+    /// Whether nobody is in `room`.
+    pub fn is_empty(&self, room: &str) -> bool {
+        self.lock()
+            .rooms
+            .get(room)
+            .is_none_or(|r| r.members.is_empty())
+    }
+
+    /// The room's recording in progress.
+    pub fn recording(&self, room: &str) -> Option<RecordingStatus> {
+        self.lock().recordings.get(room).cloned()
+    }
+
+    /// Notes that `room`'s recording started (`Some`) or stopped (`None`) and tells everyone
+    /// in the room.
+    pub fn set_recording(&self, room: &str, status: Option<RecordingStatus>) {
+        let mut inner = self.lock();
+        match &status {
+            Some(s) => inner.recordings.insert(room.to_owned(), s.clone()),
+            None => inner.recordings.remove(room),
+        };
+        let message = ServerMessage::Recording {
+            on: status.is_some(),
+            status,
+        };
+        let members = inner
+            .rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for id in members {
+            if let Some(m) = inner.members.get(&id) {
+                deliver(&m.session, SessionSignal::Send(message.clone()));
+            }
+        }
     }
 
     /// Closes a room: refuses new joins and tells every session to close. Returns whether
@@ -378,9 +443,53 @@ mod tests {
     }
 
     #[test]
+    fn recording_state_reaches_everyone_and_outlives_an_emptied_room() {
+        let reg = Registry::default();
+        let room = reg.create_room("rec", None, true);
+        assert!(room.record && room.recording.is_none());
+        assert!(reg.records_from_start("rec"));
+        let (tx, mut rx) = mpsc::channel(8);
+        reg.admit(view(1), "rec", tx).unwrap();
+        let status = RecordingStatus {
+            recording_id: "r1".into(),
+            by: "Dr Li".into(),
+            since_ms: 5,
+        };
+        reg.set_recording("rec", Some(status.clone()));
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            SessionSignal::Send(ServerMessage::Recording { on: true, status: Some(s) }) if s == status
+        ));
+        assert_eq!(reg.rooms()[0].recording.as_ref(), Some(&status));
+        reg.remove(ParticipantId(1), LeaveReason::Left);
+        assert!(reg.is_empty("rec"));
+        assert_eq!(reg.rooms().len(), 1, "a room recorded from the start stays");
+        assert_eq!(
+            reg.recording("rec"),
+            Some(status),
+            "until its recording is stopped"
+        );
+        reg.set_recording("rec", None);
+        assert_eq!(reg.recording("rec"), None);
+        let json = serde_json::to_value(ServerMessage::Recording {
+            on: true,
+            status: Some(RecordingStatus {
+                recording_id: "r2".into(),
+                by: "api".into(),
+                since_ms: 7,
+            }),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "recording", "on": true, "recording_id": "r2", "by": "api", "since_ms": 7})
+        );
+    }
+
+    #[test]
     fn full_and_closed_rooms_refuse_joins() {
         let reg = Registry::default();
-        reg.create_room("small", Some(1));
+        reg.create_room("small", Some(1), false);
         let (tx, mut rx) = mpsc::channel(8);
         reg.admit(view(1), "small", tx.clone()).unwrap();
         assert_eq!(

@@ -6,6 +6,7 @@ use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, MAX_MESSAGE_BYTES, ParticipantView, ProtocolError,
     ServerMessage, parse_client_message,
 };
+use crate::records::{self, Actor};
 use crate::registry::{SESSION_QUEUE, SessionSignal};
 use crate::token::{Role, TokenError};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -14,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// How long a new socket may take to send `join`.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +36,17 @@ const CLOSE_POLICY: u16 = 1008;
 struct Joined {
     id: ParticipantId,
     role: Role,
+    room: String,
+    identity: String,
+}
+
+impl Joined {
+    fn actor(&self) -> Actor {
+        Actor {
+            identity: self.identity.clone(),
+            role: self.role.to_string(),
+        }
+    }
 }
 
 enum Next {
@@ -125,6 +137,20 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, peer_ip: IpAddr) {
         info!(participant = %joined.id, ?reason, "participant left");
         state.registry.remove(joined.id, reason);
         state.sfu.leave(joined.id).await;
+        records::audit(
+            &state,
+            "leave",
+            joined.actor(),
+            &joined.room,
+            Some(joined.id.to_string()),
+        );
+        // The last one out ends the room's recording.
+        if state.registry.is_empty(&joined.room) && state.registry.recording(&joined.room).is_some()
+        {
+            if let Err(e) = records::stop(&state, &joined.room, Actor::room()).await {
+                warn!("stopping the recording of an emptied room failed: {e}");
+            }
+        }
     }
 }
 
@@ -162,6 +188,13 @@ async fn handle(
             }
             let sources = tracks.into_iter().map(|t| (t.track_id, t.source)).collect();
             let answer = media(state.sfu.publish_offer(me.id, sdp, sources).await)?;
+            records::audit(
+                state,
+                "publish",
+                me.actor(),
+                &me.room,
+                Some(me.id.to_string()),
+            );
             send(socket, &ServerMessage::PublishAnswer { sdp: answer.sdp })
                 .await
                 .map_err(|_| ProtocolError::new(ErrorCode::Internal, "socket closed"))?;
@@ -173,6 +206,24 @@ async fn handle(
         }
         ClientMessage::SetMuted { track_id, muted } => {
             state.registry.set_muted(me.id, &track_id, muted);
+            Ok(Next::Continue)
+        }
+        ClientMessage::SetRecording { on } => {
+            if me.role != Role::Specialist {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    "only a specialist may start or stop recording",
+                ));
+            }
+            let result = if on {
+                records::start(state, &me.room, me.actor())
+                    .await
+                    .map(|_| ())
+            } else {
+                records::stop(state, &me.room, me.actor()).await.map(|_| ())
+            };
+            result
+                .map_err(|e| ProtocolError::new(ErrorCode::RecordingUnavailable, e.to_string()))?;
             Ok(Next::Continue)
         }
         ClientMessage::Leave {} => Ok(Next::Leave),
@@ -224,15 +275,26 @@ async fn join(
     }
     state.metrics.joins.inc();
     info!(participant = %view.id, role = %claims.role, "participant joined");
+    let me = Joined {
+        id: view.id,
+        role: claims.role,
+        room: room.to_owned(),
+        identity: view.identity.clone(),
+    };
+    records::audit(state, "join", me.actor(), room, Some(view.id.to_string()));
+    if state.registry.records_from_start(room) {
+        if let Err(e) = records::start(state, room, Actor::room()).await {
+            warn!("a room recorded from the start could not start recording: {e}");
+        }
+    }
+    let recording = state.registry.recording(room);
     Ok((
-        Joined {
-            id: view.id,
-            role: claims.role,
-        },
+        me,
         ServerMessage::Joined {
             participant: view,
             room: room.to_owned(),
             participants: others,
+            recording,
         },
     ))
 }

@@ -319,6 +319,7 @@ test('/openapi.json (no key needed) documents every REST path, the X-Api-Key and
     '/api/rooms/{room}/participants': ['get'],
     '/api/rooms/{room}/participants/{participant}': ['delete'],
     '/api/rooms/{room}/tokens': ['post'],
+    '/api/rooms/{room}/recording': ['put'],
     '/telemetry/streams': ['get'],
     '/telemetry/streams/{id}/consult': ['post'],
     '/telemetry/streams/{id}/record.edf': ['get'],
