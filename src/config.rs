@@ -48,6 +48,14 @@ pub struct ServeArgs {
     /// Make MLLP connections TLS sessions, with the HTTPS certificate.
     #[arg(long, env = "MEDRELAY_MLLP_TLS")]
     pub mllp_tls: bool,
+    /// The master key file that recordings are encrypted under (keep it apart from the data)
+    /// [default: DATA_DIR/master.key, created for a new data directory].
+    #[arg(long, env = "MEDRELAY_MASTER_KEY")]
+    pub master_key: Option<PathBuf>,
+    /// Days consult recordings, telemetry records and audit entries are kept after they end
+    /// [default: 5479, 15 years].
+    #[arg(long, env = "MEDRELAY_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
 }
 
 /// The same settings as read from the TOML file.
@@ -66,6 +74,8 @@ struct FileConfig {
     telemetry_ring_seconds: Option<u32>,
     mllp_listen: Option<SocketAddr>,
     mllp_tls: Option<bool>,
+    master_key: Option<PathBuf>,
+    retention: Option<recorder::index::Retention>,
 }
 
 /// How HTTPS is provided.
@@ -92,6 +102,10 @@ pub struct ServeConfig {
     pub mllp_listen: Option<SocketAddr>,
     /// MLLP over TLS (with the HTTPS certificate).
     pub mllp_tls: bool,
+    /// The master key file, and whether it was given (a given key must exist).
+    pub master_key: (PathBuf, bool),
+    /// Retention per kind of record.
+    pub retention: recorder::index::Retention,
 }
 
 /// Why the configuration cannot be used.
@@ -158,6 +172,10 @@ impl ServeArgs {
         if tls == Tls::Off && !listen.ip().is_loopback() && !insecure {
             return Err(ConfigError::PlainHttpOutsideLoopback(listen));
         }
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("medrelay-data"));
         let mllp_listen = self.mllp_listen.or(file.mllp_listen);
         let mllp_tls = self.mllp_tls || file.mllp_tls.unwrap_or(false);
         if mllp_tls && tls == Tls::Off {
@@ -174,10 +192,6 @@ impl ServeArgs {
             listen,
             media_port: self.media_port.or(file.media_port).unwrap_or(50000),
             announce_ip: self.announce_ip.or(file.announce_ip),
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("medrelay-data")),
             tls,
             api_key: self.api_key.or(file.api_key),
             telemetry_ring_seconds: self
@@ -187,6 +201,19 @@ impl ServeArgs {
                 .clamp(10, 3600),
             mllp_listen,
             mllp_tls,
+            master_key: match self.master_key.or(file.master_key) {
+                Some(path) => (path, true),
+                None => (data_dir.join("master.key"), false),
+            },
+            retention: match self.retention_days {
+                Some(days) => recorder::index::Retention {
+                    consult_days: days,
+                    telemetry_days: days,
+                    audit_days: days,
+                },
+                None => file.retention.unwrap_or_default(),
+            },
+            data_dir,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 mod config;
 mod pages;
+mod recording;
 mod secrets;
 
 use anyhow::Context;
@@ -34,6 +35,101 @@ enum Command {
     Token(TokenArgs),
     /// Stream an ambulance's monitor to the hospital gateway (store and forward).
     Ambulance(ambulance_gateway::agent::AgentArgs),
+    /// Check or search the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `medrelay audit …`.
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks every entry's hash chain; names the first edited, removed or reordered entry.
+    Verify(AuditDir),
+    /// Prints the entries (JSON lines) that match every filter given.
+    Query {
+        #[command(flatten)]
+        dir: AuditDir,
+        /// Only this room.
+        #[arg(long)]
+        room: Option<String>,
+        /// Only this identity.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only this action (join, leave, publish, recording_start, download, …).
+        #[arg(long)]
+        action: Option<recorder::audit::Action>,
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        from: Option<SystemTime>,
+        /// Only entries before this time (RFC 3339).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        to: Option<SystemTime>,
+    },
+}
+
+/// Where the audit trail and its key are.
+#[derive(clap::Args)]
+struct AuditDir {
+    /// The server's data directory.
+    #[arg(long, env = "MEDRELAY_DATA_DIR", default_value = "medrelay-data")]
+    data_dir: PathBuf,
+    /// The master key file [default: DATA_DIR/master.key].
+    #[arg(long, env = "MEDRELAY_MASTER_KEY")]
+    master_key: Option<PathBuf>,
+}
+
+impl AuditDir {
+    /// The log's path and the key of its chain.
+    fn open(&self) -> anyhow::Result<(PathBuf, recorder::audit::AuditKey)> {
+        let key_path = self
+            .master_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"));
+        let key = recorder::sealed::MasterKey::load(&key_path)?;
+        let path = self.data_dir.join("audit").join("audit.log");
+        Ok((path, recorder::audit::audit_key(&key)))
+    }
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify(dir) => {
+            let (path, key) = dir.open()?;
+            let report = recorder::audit::verify(&path, &key)
+                .with_context(|| format!("the audit trail {} does not verify", path.display()))?;
+            println!(
+                "audit trail intact: {} entries, last seq {}",
+                report.entries, report.last_seq
+            );
+            Ok(())
+        }
+        AuditCommand::Query {
+            dir,
+            room,
+            identity,
+            action,
+            from,
+            to,
+        } => {
+            let (path, _) = dir.open()?;
+            let ms = |t: SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            };
+            let filter = recorder::audit::Filter {
+                room,
+                actor: identity,
+                action,
+                target: None,
+                from_ms: from.map(ms),
+                to_ms: to.map(ms),
+            };
+            for entry in recorder::audit::query(&path, &filter)? {
+                println!("{}", serde_json::to_string(&entry?)?);
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -79,6 +175,7 @@ fn main() -> anyhow::Result<()> {
                 .block_on(serve(config))
         }
         Command::Ambulance(args) => Ok(ambulance_gateway::agent::run(args)?),
+        Command::Audit(command) => audit(command),
         Command::Token(args) => {
             let secret = secrets::load_or_create(&args.data_dir, "signing.key", SIGNING_KEY_BYTES)
                 .with_context(|| {
@@ -114,15 +211,35 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     };
     let keys = TokenKeys::new(&hex::decode(secret)?);
 
+    let (key_path, key_given) = &config.master_key;
+    let master_key = recording::master_key(key_path, &config.data_dir, *key_given)?;
+    let recorder_config = recorder::consult::RecorderConfig {
+        data_dir: config.data_dir.clone(),
+        master_key,
+    };
+    let recorder = Arc::new(
+        recorder::consult::Recorder::start(recorder_config.clone())
+            .context("starting the recorder")?,
+    );
+    let taps = Box::new(recording::Taps(recorder.media()));
     let media_bind = SocketAddr::new(config.listen.ip(), config.media_port);
-    let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip, None)
+    let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip, Some(taps))
         .await
         .with_context(|| format!("binding the media socket {media_bind}"))?;
+    let recordings = signaling::recordings::RecordingsApi::new(
+        keys.clone(),
+        api_key.clone(),
+        recorder.clone(),
+        recorder_config,
+        config.retention,
+    )
+    .context("opening the recordings index")?;
+    tokio::spawn(recording::expire_hourly(recorder.clone(), config.retention));
     let state = signaling::AppState::new(
         keys.clone(),
         api_key,
         sfu,
-        Arc::new(signaling::records::NoRecords),
+        Arc::new(recording::Records(recorder.clone())),
     );
     tokio::spawn(signaling::dispatch(state.clone(), events));
     let gateway = ambulance_gateway::gateway::Gateway::start(
@@ -133,6 +250,11 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         keys,
     );
     gateway.register_metrics(&state.metrics);
+    state
+        .metrics
+        .register(Box::new(signaling::recordings::RecorderMetrics::new(
+            recorder.clone(),
+        )))?;
     let tls = tls_server_config(&config)?;
     if let Some(addr) = config.mllp_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -155,13 +277,13 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         ));
     }
 
-    let app = signaling::routes(
-        state,
-        <ambulance_gateway::gateway::http::TelemetryApi as utoipa::OpenApi>::openapi(),
-    )
-    .merge(ambulance_gateway::gateway::http::routes(gateway))
-    .merge(pages::routes())
-    .into_make_service_with_connect_info::<SocketAddr>();
+    let mut more = <ambulance_gateway::gateway::http::TelemetryApi as utoipa::OpenApi>::openapi();
+    more.merge(<signaling::recordings::RecordingsDoc as utoipa::OpenApi>::openapi());
+    let app = signaling::routes(state, more)
+        .merge(ambulance_gateway::gateway::http::routes(gateway))
+        .merge(signaling::recordings::routes(recordings))
+        .merge(pages::routes())
+        .into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {

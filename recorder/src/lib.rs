@@ -2,9 +2,20 @@
 //!
 //! [`journal`] is a crash-safe, append-only log of records in segment files: the hospital
 //! gateway keeps each ambulance stream in one, and the ambulance agent's disk spool (its
-//! store-and-forward queue) is one. Recording consults to standard files and the audit trail
-//! (issue 5) will live here too. [`edf`] writes EDF+ files, [`edf_read`] reads EDF and EDF+.
+//! store-and-forward queue) is one. [`edf`] writes EDF+ files, [`edf_read`] reads EDF and EDF+.
+//!
+//! Consult recording: [`depacketize`] turns a track's RTP payloads into frames, [`webm`]
+//! writes them to WebM/Matroska, [`sealed`] encrypts files at rest (AES-256-GCM under
+//! per-file data keys wrapped by a master key), [`index`] is the recordings index (SQLite)
+//! with retention and legal hold, and [`audit`] the hash-chained audit trail. [`consult`] is
+//! the recorder service that ties them together for a consult room's tapped media.
 
+pub mod audit;
+pub mod consult;
+pub mod depacketize;
 pub mod edf;
 pub mod edf_read;
+pub mod index;
 pub mod journal;
+pub mod sealed;
+pub mod webm;

@@ -246,7 +246,7 @@ async fn create_token(
 }
 
 /// Constant-time comparison, so response timing does not leak the key.
-fn same_key(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn same_key(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()

@@ -11,6 +11,7 @@ pub mod api;
 mod limiter;
 pub mod metrics;
 pub mod protocol;
+pub mod recordings;
 pub mod records;
 pub mod registry;
 mod session;

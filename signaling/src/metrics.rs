@@ -76,13 +76,13 @@ struct Snapshot {
     sfu: SfuHandle,
 }
 
-fn gauge(name: &str, help: &str, value: u64) -> Vec<MetricFamily> {
+pub(crate) fn gauge(name: &str, help: &str, value: u64) -> Vec<MetricFamily> {
     let g = IntGauge::new(name, help).expect("metric");
     g.set(value as i64);
     g.collect()
 }
 
-fn counter(name: &str, help: &str, value: u64) -> Vec<MetricFamily> {
+pub(crate) fn counter(name: &str, help: &str, value: u64) -> Vec<MetricFamily> {
     let c = IntCounter::new(name, help).expect("metric");
     c.inc_by(value);
     c.collect()
@@ -141,6 +141,11 @@ impl Collector for Snapshot {
                 "dropped_chat_messages_total",
                 "Chat messages refused",
                 r.dropped_chat_messages,
+            ),
+            counter(
+                "dropped_taps_total",
+                "Recording taps dropped in the media loop",
+                r.dropped_taps,
             ),
         ]
         .into_iter()

@@ -10,7 +10,7 @@
 use crate::AppState;
 use crate::protocol::RecordingStatus;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Who did something: a participant's identity and role, or `api` for the REST API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +63,14 @@ pub enum RecordsError {
 /// What signaling asks of the records. Calls may do IO: signaling makes them off the async
 /// threads.
 pub trait ConsultRecords: Send + Sync + 'static {
-    /// Opens a Recording of `room`, started by `by`; returns its id.
-    fn start_recording(&self, room: &str, by: &Actor) -> Result<String, RecordsError>;
+    /// Opens a Recording of `room`, started by `by` while `present` are in the room; returns
+    /// its id.
+    fn start_recording(
+        &self,
+        room: &str,
+        by: &Actor,
+        present: &[Actor],
+    ) -> Result<String, RecordsError>;
     /// Finishes the room's Recording (its files are completed and indexed).
     fn stop_recording(&self, room: &str, by: &Actor) -> Result<(), RecordsError>;
     /// Appends an event to the audit trail.
@@ -75,7 +81,12 @@ pub trait ConsultRecords: Send + Sync + 'static {
 pub struct NoRecords;
 
 impl ConsultRecords for NoRecords {
-    fn start_recording(&self, _room: &str, _by: &Actor) -> Result<String, RecordsError> {
+    fn start_recording(
+        &self,
+        _room: &str,
+        _by: &Actor,
+        _present: &[Actor],
+    ) -> Result<String, RecordsError> {
         Err(RecordsError::Unavailable(
             "this server has no recorder".into(),
         ))
@@ -118,7 +129,17 @@ pub async fn start(
     }
     let records = state.records.clone();
     let (r, who) = (room.to_owned(), by.clone());
-    let id = tokio::task::spawn_blocking(move || records.start_recording(&r, &who))
+    let present: Vec<Actor> = state
+        .registry
+        .participants(room)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| Actor {
+            identity: p.participant.identity,
+            role: p.participant.role,
+        })
+        .collect();
+    let id = tokio::task::spawn_blocking(move || records.start_recording(&r, &who, &present))
         .await
         .map_err(|e| RecordsError::Unavailable(e.to_string()))??;
     if state.sfu.set_recording(room, true).await.is_err() {
@@ -132,7 +153,6 @@ pub async fn start(
             .unwrap_or_default()
             .as_millis() as u64,
     };
-    info!(recording = %status.recording_id, "recording started");
     state.registry.set_recording(room, Some(status.clone()));
     Ok(status)
 }
@@ -140,9 +160,9 @@ pub async fn start(
 /// Stops recording `room` if it is recorded; tells everyone in it. Returns whether it was.
 pub async fn stop(state: &AppState, room: &str, by: Actor) -> Result<bool, RecordsError> {
     let _serial = state.recording_lock.lock().await;
-    let Some(status) = state.registry.recording(room) else {
+    if state.registry.recording(room).is_none() {
         return Ok(false);
-    };
+    }
     let _ = state.sfu.set_recording(room, false).await;
     let records = state.records.clone();
     let r = room.to_owned();
@@ -150,6 +170,5 @@ pub async fn stop(state: &AppState, room: &str, by: Actor) -> Result<bool, Recor
         .await
         .map_err(|e| RecordsError::Unavailable(e.to_string()))?;
     state.registry.set_recording(room, None);
-    info!(recording = %status.recording_id, "recording stopped");
     result.map(|()| true)
 }

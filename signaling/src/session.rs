@@ -145,11 +145,11 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, peer_ip: IpAddr) {
             Some(joined.id.to_string()),
         );
         // The last one out ends the room's recording.
-        if state.registry.is_empty(&joined.room) && state.registry.recording(&joined.room).is_some()
+        if state.registry.is_empty(&joined.room)
+            && state.registry.recording(&joined.room).is_some()
+            && let Err(e) = records::stop(&state, &joined.room, Actor::room()).await
         {
-            if let Err(e) = records::stop(&state, &joined.room, Actor::room()).await {
-                warn!("stopping the recording of an emptied room failed: {e}");
-            }
+            warn!("stopping the recording of an emptied room failed: {e}");
         }
     }
 }
@@ -282,10 +282,10 @@ async fn join(
         identity: view.identity.clone(),
     };
     records::audit(state, "join", me.actor(), room, Some(view.id.to_string()));
-    if state.registry.records_from_start(room) {
-        if let Err(e) = records::start(state, room, Actor::room()).await {
-            warn!("a room recorded from the start could not start recording: {e}");
-        }
+    if state.registry.records_from_start(room)
+        && let Err(e) = records::start(state, room, Actor::room()).await
+    {
+        warn!("a room recorded from the start could not start recording: {e}");
     }
     let recording = state.registry.recording(room);
     Ok((

@@ -15,6 +15,9 @@
  *                                     // connection_failed, connection_closed,
  *                                     // subscribe_failed, publish_failed, publish_timeout
  *     connectionQuality: 'good' | 'fair' | 'poor' | 'disconnected',
+ *     recording: { recording_id: string, by: string, since_ms: number } | null,
+ *                                     // the room's recording in progress (the indicator is
+ *                                     // shown exactly while this is not null)
  *   }
  *
  *   window.medrelayStats() → Promise<[{
@@ -74,6 +77,8 @@ const els = {
   camera: $('btn-camera'),
   screen: $('btn-screen'),
   leave: $('btn-leave'),
+  record: $('btn-record'),
+  recording: $('recording'),
   enableAudio: $('btn-audio'),
   endedView: $('ended-view'),
   endedHeading: $('ended-heading'),
@@ -100,6 +105,8 @@ const state = {
   quality: 'disconnected',
   audioBlocked: false,
   screenBusy: false,
+  /** The room's recording in progress, from `joined` and `recording` messages. */
+  recording: null,
 };
 
 /** What exists while connected. */
@@ -141,6 +148,7 @@ window.medrelayState = () => ({
   remoteParticipants: [...state.remote.values()].map(({ id, identity, role }) => ({ id, identity, role })),
   error: state.error && { code: state.error.code, message: state.error.message },
   connectionQuality: state.quality,
+  recording: state.recording,
 });
 
 window.medrelayStats = async () => (session.subscriber ? session.subscriber.inboundStats() : []);
@@ -159,6 +167,9 @@ function main() {
   els.camera.addEventListener('click', () => toggleTrack(videoTrack(), 'camera'));
   els.screen.addEventListener('click', toggleScreen);
   els.leave.addEventListener('click', leave);
+  els.record.addEventListener('click', () => {
+    if (state.phase === 'joined') session.signaling.send('set_recording', { on: !state.recording });
+  });
   els.rejoin.addEventListener('click', () => location.reload());
   els.errorDismiss.addEventListener('click', () => {
     state.errorDismissed = true;
@@ -220,6 +231,10 @@ async function handleMessage(msg) {
       session.subscriber?.forgetParticipant(msg.participant_id);
       refreshRemote();
       return;
+    case 'recording':
+      state.recording = msg.on ? { recording_id: msg.recording_id, by: msg.by, since_ms: msg.since_ms } : null;
+      render();
+      return;
     case 'track_muted':
       session.subscriber?.setTrackMuted(msg.participant_id, msg.track_id, msg.muted);
       refreshRemote();
@@ -235,6 +250,7 @@ function onJoined(msg) {
   state.phase = 'joined';
   state.self = msg.participant;
   state.room = msg.room;
+  state.recording = msg.recording ?? null;
   for (const p of msg.participants ?? []) state.remote.set(p.id, p);
   session.subscriber = new SubscriberPeer({
     onChatChannel: (channel) => chat.attach(channel),
@@ -494,6 +510,12 @@ function render() {
   els.screen.classList.toggle('is-active', Boolean(session.screen));
 
   els.enableAudio.hidden = !state.audioBlocked;
+
+  // Everyone sees that the consult is recorded; specialists start and stop it.
+  els.recording.hidden = !(joined && state.recording);
+  els.record.hidden = !joined || state.self?.role !== 'specialist';
+  els.record.textContent = t(state.recording ? 'controls.recordStop' : 'controls.recordStart');
+  els.record.classList.toggle('is-active', Boolean(state.recording));
 
   tiles.setLocalFlags({ micMuted: Boolean(mic && !mic.enabled), cameraOff: Boolean(cam && !cam.enabled) });
 }

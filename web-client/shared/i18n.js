@@ -66,6 +66,9 @@ export const STRINGS = {
     'controls.shareStart': 'Share screen',
     'controls.shareStop': 'Stop sharing',
     'controls.leave': 'Leave',
+    'controls.recordStart': 'Start recording',
+    'controls.recordStop': 'Stop recording',
+    'recording.on': 'Recording',
     'controls.enableAudio': 'Enable sound',
     'controls.observerNote': 'You are an observer: you see and hear the consult without sending audio or video.',
 
@@ -215,6 +218,9 @@ export const STRINGS = {
     'controls.shareStart': '共享屏幕',
     'controls.shareStop': '停止共享',
     'controls.leave': '离开',
+    'controls.recordStart': '开始录制',
+    'controls.recordStop': '停止录制',
+    'recording.on': '正在录制',
     'controls.enableAudio': '开启声音',
     'controls.observerNote': '您是观察员：可以观看和收听会诊，但不发送音视频。',
 

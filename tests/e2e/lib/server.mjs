@@ -121,7 +121,7 @@ process.on('exit', () => {
  * https/wss with `--tls-cert/--tls-key`; `dataDir` to reuse a data dir (a restart: the log
  * is appended to); `port` to listen on that port.
  */
-export async function startServer({ name = 'e2e', readyTimeout = 30_000, host = '127.0.0.1', tls = null, dataDir: reuseDir = null, port: fixedPort = null } = {}) {
+export async function startServer({ name = 'e2e', readyTimeout = 30_000, host = '127.0.0.1', tls = null, dataDir: reuseDir = null, port: fixedPort = null, extraArgs = [] } = {}) {
   if (!fs.existsSync(BIN)) throw new Error(`medrelay binary not found at ${BIN} (run cargo build --bin medrelay)`);
   const dataDir = reuseDir || fs.mkdtempSync(path.join(os.tmpdir(), `medrelay-${name}-`));
   fs.mkdirSync(path.join(ARTIFACTS, 'logs'), { recursive: true });
@@ -136,6 +136,7 @@ export async function startServer({ name = 'e2e', readyTimeout = 30_000, host = 
     const log = fs.openSync(logPath, attempt === 0 && !reuseDir ? 'w' : 'a');
     const args = ['serve', '--listen', `${host}:${port}`, '--media-port', String(mediaPort), '--data-dir', dataDir];
     if (tls) args.push('--tls-cert', tls.cert, '--tls-key', tls.key);
+    args.push(...extraArgs);
     fs.writeSync(log, `# ${BIN} ${args.join(' ')}\n`);
     const child = spawn(BIN, args, {
       stdio: ['ignore', log, log],
