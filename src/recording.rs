@@ -143,3 +143,32 @@ pub async fn expire_hourly(recorder: Arc<Recorder>, retention: recorder::index::
         }
     }
 }
+
+/// Tells a room when one of its recorded tracks failed (a full disk): everyone gets a
+/// `recording_unavailable` error naming the track; the rest goes on.
+pub fn forward_events(recorder: &Recorder, registry: Arc<signaling::registry::Registry>) {
+    let events = recorder.events();
+    std::thread::Builder::new()
+        .name("recorder-events".into())
+        .spawn(move || {
+            for event in events {
+                let recorder::consult::RecorderEvent::TrackFailed {
+                    room,
+                    recording,
+                    track,
+                    reason,
+                } = event;
+                tracing::error!(%recording, %track, "a recorded track stopped: {reason}");
+                registry.broadcast(
+                    &room,
+                    signaling::protocol::ServerMessage::Error {
+                        code: signaling::protocol::ErrorCode::RecordingUnavailable,
+                        message: format!(
+                            "recording of track {track} stopped ({reason}); the consult goes on"
+                        ),
+                    },
+                );
+            }
+        })
+        .expect("spawn the recorder events thread");
+}

@@ -217,6 +217,23 @@ pub struct AuditRecord {
     pub detail: Option<String>,
 }
 
+/// What the recorder reports on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecorderEvent {
+    /// A track's file could not be written (a full disk): its recording stopped, the rest of
+    /// the consult goes on; the room should be told.
+    TrackFailed {
+        /// The room.
+        room: String,
+        /// The recording.
+        recording: String,
+        /// The track.
+        track: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 type Reply<T> = Sender<Result<T, RecorderError>>;
 
 enum Control {
@@ -250,6 +267,7 @@ pub struct Recorder {
     control: Sender<Control>,
     media: MediaSender,
     stats: Arc<RecorderStats>,
+    events: Receiver<RecorderEvent>,
 }
 
 impl Recorder {
@@ -266,7 +284,9 @@ impl Recorder {
         let (control, control_rx) = unbounded();
         let (media_tx, media_rx) = bounded(MEDIA_QUEUE);
         let stats = Arc::new(RecorderStats::default());
+        let (events_tx, events) = unbounded();
         let worker = Worker {
+            events: events_tx,
             config,
             index,
             audit,
@@ -289,7 +309,13 @@ impl Recorder {
                 stats: stats.clone(),
             },
             stats,
+            events,
         })
+    }
+
+    /// The recorder's own reports (a track that failed), for the rooms concerned.
+    pub fn events(&self) -> Receiver<RecorderEvent> {
+        self.events.clone()
     }
 
     /// The handle for the media loop's taps.
@@ -406,6 +432,7 @@ struct Worker {
     stats: Arc<RecorderStats>,
     /// Reused output buffer of the writers.
     buf: Vec<u8>,
+    events: Sender<RecorderEvent>,
 }
 
 impl Worker {
@@ -755,14 +782,14 @@ impl Worker {
             }
             Err(e) => {
                 warn!(track = %track.track.track_id, "writing a recording failed: {e}");
-                self.fail_track(p.tap);
+                self.fail_track(p.tap, &e.to_string());
             }
         }
     }
 
     /// Closes a track whose file cannot be written (a full disk): indexed as failed; the
     /// rest of the consult is still recorded and forwarding is untouched.
-    fn fail_track(&mut self, tap: u64) {
+    fn fail_track(&mut self, tap: u64, reason: &str) {
         self.stats.failed_tracks.fetch_add(1, Ordering::Relaxed);
         let Some(room) = self.taps.remove(&tap) else {
             return;
@@ -771,6 +798,12 @@ impl Worker {
             return;
         };
         if let Some(track) = active.tracks.remove(&tap) {
+            let _ = self.events.send(RecorderEvent::TrackFailed {
+                room: room.clone(),
+                recording: active.id.clone(),
+                track: track.track.track_id.clone(),
+                reason: reason.to_owned(),
+            });
             let offset = now_ms() - active.started_ms;
             let bytes = track.file.len();
             let digest = sha256_hex(&[]);
@@ -798,7 +831,7 @@ impl Worker {
                 track.dirty = false;
                 if let Err(e) = track.file.flush() {
                     warn!(track = %track.track.track_id, "flushing a recording failed: {e}");
-                    failed.push(*tap);
+                    failed.push((*tap, e.to_string()));
                     continue;
                 }
                 let _ = self.index.update_track_progress(
@@ -809,8 +842,8 @@ impl Worker {
                 );
             }
         }
-        for tap in failed {
-            self.fail_track(tap);
+        for (tap, reason) in failed {
+            self.fail_track(tap, &reason);
         }
     }
 

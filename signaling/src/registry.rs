@@ -313,6 +313,21 @@ impl Registry {
         self.lock().recordings.get(room).cloned()
     }
 
+    /// Sends `message` to everyone in `room`.
+    pub fn broadcast(&self, room: &str, message: ServerMessage) {
+        let inner = self.lock();
+        let members = inner
+            .rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for id in members {
+            if let Some(m) = inner.members.get(&id) {
+                deliver(&m.session, SessionSignal::Send(message.clone()));
+            }
+        }
+    }
+
     /// Notes that `room`'s recording started (`Some`) or stopped (`None`) and tells everyone
     /// in the room.
     pub fn set_recording(&self, room: &str, status: Option<RecordingStatus>) {

@@ -222,4 +222,11 @@ test('expiry deletes an expired recording and spares one under legal hold; audit
   const bad = await execFileP(BIN, args).then(() => null, (e) => e);
   assert.ok(bad, 'verify fails on an edited entry');
   assert.match(bad.stderr, /line 3 \(seq 3\)/, bad.stderr);
+
+  // Without its master key the server refuses to start rather than write plain files.
+  fs.renameSync(path.join(server.dataDir, 'master.key'), path.join(server.dataDir, 'master.key.away'));
+  const refused = await execFileP(BIN, ['serve', '--data-dir', server.dataDir, '--listen', '127.0.0.1:0', '--media-port', '0'], { timeout: 20_000 })
+    .then(() => null, (e) => e);
+  assert.ok(refused && refused.code !== 0, 'the server must not start without its master key');
+  assert.match(refused.stderr, /master key .* is missing/, refused.stderr);
 });
