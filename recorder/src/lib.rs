@@ -17,5 +17,6 @@ pub mod edf;
 pub mod edf_read;
 pub mod index;
 pub mod journal;
+pub mod remux;
 pub mod sealed;
 pub mod webm;

@@ -418,6 +418,75 @@ async fn download(
     Ok(response)
 }
 
+/// The whole consult as one file: every track in one WebM (Matroska when a track is H.264),
+/// each shifted by its start offset so they replay in sync. Audited as `export`.
+#[utoipa::path(get, path = "/recordings/{id}/consult",
+    params(("id" = String, Path, description = "Recording id")),
+    responses((status = 200, content_type = "video/webm", body = Vec<u8>),
+        (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody),
+        (status = 404, body = crate::api::ErrorBody)),
+    security(("bearer" = []), ("api_key" = [])))]
+async fn consult(
+    State(api): State<Arc<RecordingsApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let caller = caller(&api, &headers)?;
+    let (bytes, matroska) = tokio::task::spawn_blocking(move || {
+        let detail = api.visible(&caller, &id)?;
+        let mut files = Vec::new();
+        for t in detail.tracks.iter().filter(|t| t.bytes > 0) {
+            let path = api.config.data_dir.join(&t.file);
+            let mut reader = SealedReader::open(&path, &api.config.master_key)
+                .map_err(|e| Refusal::Internal(e.to_string()))?;
+            let mut plain = Vec::with_capacity(reader.len() as usize);
+            std::io::Read::read_to_end(&mut reader, &mut plain)
+                .map_err(|e| Refusal::Internal(e.to_string()))?;
+            let name = format!("{} {}", t.participant, t.kind.as_str());
+            files.push((plain, t.start_offset_ms.max(0) as u64, name));
+        }
+        if files.is_empty() {
+            return Err(Refusal::NotFound);
+        }
+        let inputs: Vec<recorder::remux::MergeInput<'_>> = files
+            .iter()
+            .map(|(file, offset, name)| recorder::remux::MergeInput {
+                file,
+                start_offset_ms: *offset,
+                name: Some(name),
+            })
+            .collect();
+        let merged =
+            recorder::remux::merge(&inputs).map_err(|e| Refusal::Internal(e.to_string()))?;
+        api.audit(
+            &caller,
+            Action::Export,
+            Some(&detail.recording.room),
+            &id,
+            None,
+        )?;
+        let matroska = detail
+            .tracks
+            .iter()
+            .any(|t| t.container == recorder::index::Container::Mkv);
+        Ok::<_, Refusal>((merged, matroska))
+    })
+    .await
+    .map_err(|e| Refusal::Internal(e.to_string()))??;
+    let (content_type, ext) = if matroska {
+        ("video/x-matroska", "mkv")
+    } else {
+        ("video/webm", "webm")
+    };
+    let mut response = Response::new(Body::from(bytes));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"consult.{ext}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
 /// Body of `PUT /api/recordings/{id}/hold`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -566,7 +635,7 @@ impl prometheus::core::Collector for RecorderMetrics {
 /// The OpenAPI description of the recordings routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(list, metadata, download, set_hold, expire),
+    paths(list, metadata, download, consult, set_hold, expire),
     components(schemas(Hold))
 )]
 pub struct RecordingsDoc;
@@ -577,6 +646,7 @@ pub fn routes(api: Arc<RecordingsApi>) -> Router {
         .route("/recordings", get(list))
         .route("/recordings/{id}", get(metadata))
         .route("/recordings/{id}/tracks/{track}", get(download))
+        .route("/recordings/{id}/consult", get(consult))
         .route("/api/recordings/{id}/hold", put(set_hold))
         .route("/api/recordings/expire", post(expire))
         .with_state(api)

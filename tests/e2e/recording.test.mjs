@@ -117,6 +117,17 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
   assert.equal(Buffer.from(await part.arrayBuffer()).subarray(0, 4).toString('hex'), '1a45dfa3', 'an EBML header');
   const beyond = await bearer(`${server.url}/recordings/${id}/tracks/${v.track_id}`, token, { Range: `bytes=${v.bytes}-` });
   assert.equal(beyond.status, 416);
+  // The whole consult in one file, the tracks in sync.
+  const whole = await bearer(`${server.url}/recordings/${id}/consult`, token);
+  assert.equal(whole.status, 200);
+  const consultFile = path.join(dir, `${id}-consult.webm`);
+  fs.writeFileSync(consultFile, Buffer.from(await whole.arrayBuffer()));
+  const { stdout: streamsJson } = await execFileP('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_name:format=duration', '-of', 'json', consultFile]);
+  const merged = JSON.parse(streamsJson);
+  assert.deepEqual(merged.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'vp8', 'vp8'], streamsJson);
+  const longest = Math.max(...tracks.map((t) => t.ended_offset_ms)) / 1000;
+  assert.ok(Math.abs(Number(merged.format.duration) - longest) <= 1, `consult ${merged.format.duration} s, tracks end at ${longest} s`);
+  assert.equal(await decodeErrors(consultFile), '', 'the consult file decodes cleanly');
   const text = await metricsText(server);
   const written = tracks.reduce((a, t) => a + t.bytes, 0);
   assert.ok(metricValue(text, 'medrelay_recorder_bytes_total') >= written * 0.9, 'the recorder counts what it wrote');

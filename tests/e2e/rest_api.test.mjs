@@ -323,6 +323,7 @@ test('/openapi.json (no key needed) documents every REST path, the X-Api-Key and
     '/recordings': ['get'],
     '/recordings/{id}': ['get'],
     '/recordings/{id}/tracks/{track}': ['get'],
+    '/recordings/{id}/consult': ['get'],
     '/api/recordings/{id}/hold': ['put'],
     '/api/recordings/expire': ['post'],
     '/telemetry/streams': ['get'],
