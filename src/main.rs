@@ -251,6 +251,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         keys,
     );
     gateway.register_metrics(&state.metrics);
+    gateway.set_audit(recorder.clone());
     state
         .metrics
         .register(Box::new(signaling::recordings::RecorderMetrics::new(

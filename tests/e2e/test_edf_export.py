@@ -76,6 +76,16 @@ def test_edf_export_reads_back_in_pyedflib(server, tmp_path: Path):
     status, _, body = get(server, f"/telemetry/streams/{STREAM}/record.edf?to=0", er)
     assert status == 422, body
 
+    # The export is in the audit trail, which verifies.
+    audit = subprocess.run([str(BIN), "audit", "query", "--data-dir", str(server.data_dir),
+                            "--action", "export"], check=True, capture_output=True, text=True,
+                           timeout=10)
+    exports = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert [(e["role"], e["target"]) for e in exports] == [("er", f"telemetry:{STREAM}")], exports
+    verify = subprocess.run([str(BIN), "audit", "verify", "--data-dir", str(server.data_dir)],
+                            capture_output=True, text=True, timeout=10)
+    assert verify.returncode == 0, verify.stderr
+
 
 def test_edf_export_bad_requests(server):
     er = token(server, "--identity", "Dr E2E", "--role", "er")

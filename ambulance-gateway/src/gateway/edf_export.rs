@@ -15,6 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use recorder::audit::Action;
 use recorder::edf::{self, Annotation, Record, Signal, Start};
 use serde::Deserialize;
 use signaling::token::Role;
@@ -109,6 +110,23 @@ pub(crate) async fn record_edf(
     let bytes = build(&stream, &record)
         .and_then(|f| f.encode().map_err(|e| e.to_string()))
         .map_err(|m| HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_edf", m))?;
+    let detail = (q.from.is_some() || q.to.is_some()).then(|| {
+        format!(
+            "from {} to {}",
+            q.from.as_deref().unwrap_or("start"),
+            q.to.as_deref().unwrap_or("end")
+        )
+    });
+    gw.audit(&claims, Action::Export, &stream, detail)
+        .await
+        .map_err(|e| {
+            warn!("an EDF+ export cannot be audited, so it is refused: {e}");
+            HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the audit trail cannot be written",
+            )
+        })?;
     info!(%stream, bytes = bytes.len(), "EDF+ export");
     let disposition = format!("attachment; filename=\"{stream}.edf\"");
     Ok((

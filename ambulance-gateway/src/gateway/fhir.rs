@@ -14,6 +14,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use recorder::audit::Action;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -190,6 +191,28 @@ async fn search(
         });
     }
     let entries = query.observations(&records);
+    // A patient's search is audited on each stream it read.
+    let audited: Vec<StreamId> = match &query.subject {
+        Subject::Device(id) => vec![id.clone()],
+        Subject::Patient(_) => records.iter().map(|p| p.stream.clone()).collect(),
+    };
+    for stream in &audited {
+        gw.audit(
+            &claims,
+            Action::View,
+            stream,
+            Some("FHIR Observation search".into()),
+        )
+        .await
+        .map_err(|e| {
+            warn!("a FHIR search cannot be audited, so it is refused: {e}");
+            Outcome::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "the audit trail cannot be written",
+            )
+        })?;
+    }
     let bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",

@@ -141,6 +141,8 @@ pub struct Gateway {
     metrics: metrics::GatewayMetrics,
     /// Patients of HL7-fed streams, read from the data directory on first use.
     patients: tokio::sync::Mutex<Option<patients::PatientFile>>,
+    /// Where reads, exports and alarm actions are audited (set at start-up).
+    audit: std::sync::OnceLock<Arc<recorder::consult::Recorder>>,
 }
 
 impl Gateway {
@@ -159,6 +161,7 @@ impl Gateway {
             summaries: Mutex::new(Arc::new(Vec::new())),
             metrics: metrics::GatewayMetrics::new(),
             patients: tokio::sync::Mutex::new(None),
+            audit: std::sync::OnceLock::new(),
         });
         for rx in queues {
             let weak = Arc::downgrade(&gw);
@@ -184,6 +187,38 @@ impl Gateway {
     /// The stream, if it has connected since the gateway started.
     pub fn slot(&self, id: &StreamId) -> Option<Arc<StreamSlot>> {
         self.streams.lock().expect("streams").get(id).cloned()
+    }
+
+    /// Audits telemetry accesses in `recorder`'s audit trail from now on.
+    pub fn set_audit(&self, recorder: Arc<recorder::consult::Recorder>) {
+        let _ = self.audit.set(recorder);
+    }
+
+    /// Appends `action` by the token's holder on `stream` to the audit trail and waits until
+    /// it is synced (before data leaves); fails only if the trail cannot be written. Without
+    /// an audit trail (tests, benches) it does nothing.
+    pub(crate) async fn audit(
+        &self,
+        claims: &signaling::token::Claims,
+        action: recorder::audit::Action,
+        stream: &StreamId,
+        detail: Option<String>,
+    ) -> Result<(), recorder::consult::RecorderError> {
+        let Some(recorder) = self.audit.get().cloned() else {
+            return Ok(());
+        };
+        let record = recorder::consult::AuditRecord {
+            time_ms: now_ms() as u64,
+            actor: claims.sub.clone(),
+            role: claims.role.to_string(),
+            action,
+            room: None,
+            target: Some(format!("telemetry:{stream}")),
+            detail,
+        };
+        tokio::task::spawn_blocking(move || recorder.audit_synced(record))
+            .await
+            .unwrap_or(Err(recorder::consult::RecorderError::Stopped))
     }
 
     /// Whether the stream has connected since the gateway started or has a record in the
