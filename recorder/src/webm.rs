@@ -293,8 +293,9 @@ impl TrackWriter {
 
     /// Appends to `out` the bytes for one frame at `timestamp_ms` after the track's start
     /// (preceded by the header on the first frame, and by a new Cluster when one is due).
-    /// A video track's first frame must be a keyframe. A timestamp earlier than the previous
-    /// frame's is written as the previous one.
+    /// A video track's first frame must be a keyframe. Timestamps are kept strictly
+    /// increasing (players reject equal decode times): one not after the previous frame's is
+    /// written 1 ms after it (a sender may give two frames the same RTP timestamp).
     pub fn push(
         &mut self,
         timestamp_ms: u64,
@@ -319,7 +320,7 @@ impl TrackWriter {
         let ms = self
             .timing
             .last_ms
-            .map_or(timestamp_ms, |l| l.max(timestamp_ms));
+            .map_or(timestamp_ms, |l| timestamp_ms.max(l + 1));
         let due = match self.cluster_ms {
             None => true,
             Some(c) if video => keyframe || ms - c >= VIDEO_CLUSTER_MS,
@@ -1340,7 +1341,7 @@ mod tests {
     }
 
     #[test]
-    fn video_must_start_with_a_keyframe_and_time_never_goes_back() {
+    fn video_must_start_with_a_keyframe_and_time_always_moves_on() {
         let spec = TrackSpec::Video {
             codec: VideoCodec::Vp8,
             width: Some(2),
@@ -1355,8 +1356,10 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(w.push(0, &[], true, &mut out), Err(WebmError::EmptyFrame));
         w.push(100, &[0, 2], true, &mut out).unwrap();
+        // Earlier, then equal: written at 101 and 102, 1 ms apart.
         w.push(50, &[1, 2], false, &mut out).unwrap();
-        assert_eq!(w.finish().duration_ms, 100);
+        w.push(101, &[1, 3], false, &mut out).unwrap();
+        assert_eq!(w.finish().duration_ms, 103);
     }
 
     #[test]

@@ -79,7 +79,12 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
   }
   const { recording_id: id } = (await clinic.state()).recording;
   await specialist.page.screenshot({ path: path.join(ARTIFACTS, 'recording-indicator.png') });
-  await sleep(RECORD_SECONDS * 1000);
+  // A late joiner is recorded from when it publishes, and sees the indicator at once.
+  await sleep(3000);
+  const late = await openParticipant(browser, server, { room: ROOM, identity: 'crew-rec', role: 'crew' });
+  people.push(late);
+  assert.equal((await late.state()).recording?.recording_id, id, 'joined carries the recording');
+  await sleep(RECORD_SECONDS * 1000 - 3000);
   await button.click();
   const stoppedAt = Date.now();
   for (const p of people) {
@@ -92,10 +97,16 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
   assert.deepEqual(list.map((r) => r.id), [id], safeJson(list));
   const detail = await (await bearer(`${server.url}/recordings/${id}`, token)).json();
   assert.equal(detail.state, 'complete', safeJson(detail));
-  assert.deepEqual(detail.participants.map((p) => p.identity).sort(), ['clinic-rec', 'specialist-rec']);
+  assert.deepEqual(detail.participants.map((p) => p.identity).sort(), ['clinic-rec', 'crew-rec', 'specialist-rec']);
   const tracks = detail.tracks;
   const kinds = tracks.map((t) => `${t.participant}:${t.kind}:${t.codec}`).sort();
-  assert.deepEqual(kinds, ['clinic-rec:audio:opus', 'clinic-rec:video:vp8', 'specialist-rec:audio:opus', 'specialist-rec:video:vp8'], safeJson(tracks));
+  assert.deepEqual(kinds, [
+    'clinic-rec:audio:opus', 'clinic-rec:video:vp8', 'crew-rec:audio:opus', 'crew-rec:video:vp8',
+    'specialist-rec:audio:opus', 'specialist-rec:video:vp8',
+  ], safeJson(tracks));
+  for (const t of tracks.filter((t) => t.participant === 'crew-rec')) {
+    assert.ok(t.start_offset_ms >= 2500, `the late joiner's ${t.kind} starts ${t.start_offset_ms} ms in`);
+  }
 
   const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'recording-'));
   for (const t of tracks) {
@@ -106,7 +117,8 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
     assert.equal(codec, t.codec, `${t.track_id}: ffprobe says ${codec}`);
     const truth = (t.ended_offset_ms - t.start_offset_ms) / 1000;
     assert.ok(Math.abs(duration - truth) <= 1, `${t.track_id}: ffprobe ${duration} s, recorded ${truth} s`);
-    assert.ok(truth >= RECORD_SECONDS - 1.5 && truth <= RECORD_SECONDS + 3, `${t.track_id}: ${truth} s recorded of ~${RECORD_SECONDS}`);
+    const expected = t.participant === 'crew-rec' ? RECORD_SECONDS - 3 : RECORD_SECONDS;
+    assert.ok(truth >= expected - 2 && truth <= expected + 3, `${t.track_id}: ${truth} s recorded of ~${expected}`);
     assert.equal(await decodeErrors(file), '', `${t.track_id}: ffmpeg decode errors`);
   }
   // A range of the plain file.
@@ -124,7 +136,7 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
   fs.writeFileSync(consultFile, Buffer.from(await whole.arrayBuffer()));
   const { stdout: streamsJson } = await execFileP('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_name:format=duration', '-of', 'json', consultFile]);
   const merged = JSON.parse(streamsJson);
-  assert.deepEqual(merged.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'vp8', 'vp8'], streamsJson);
+  assert.deepEqual(merged.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'opus', 'vp8', 'vp8', 'vp8'], streamsJson);
   const longest = Math.max(...tracks.map((t) => t.ended_offset_ms)) / 1000;
   assert.ok(Math.abs(Number(merged.format.duration) - longest) <= 1, `consult ${merged.format.duration} s, tracks end at ${longest} s`);
   assert.equal(await decodeErrors(consultFile), '', 'the consult file decodes cleanly');
@@ -184,7 +196,7 @@ test('kill -9 mid-recording: after a restart the recording is listed and plays t
   assert.ok(rec, `recording ${id} listed after the restart: ${safeJson(list.body)}`);
   assert.equal(rec.state, 'recovered');
   const detail = (await api(server, 'GET', `/recordings/${id}`)).body;
-  assert.equal(detail.tracks.length, 4, safeJson(detail.tracks));
+  assert.equal(detail.tracks.length, 6, safeJson(detail.tracks));
   const token = await server.token({ room: ROOM, identity: 'specialist-rec', role: 'specialist' });
   const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'recording-killed-'));
   for (const t of detail.tracks) {
