@@ -3,7 +3,7 @@
 //! sockets and the [`Gateway`]'s state.
 
 use crate::gateway::alarms::Limit;
-use crate::gateway::stream::Viewer;
+use crate::gateway::stream::{Offer, Viewer, ViewerSink};
 use crate::gateway::viewer::{Outgoing, StreamSummary, VIEWER_QUEUE, ViewerEvent, ViewerRequest};
 use crate::gateway::{Gateway, now_ms, now_us};
 use crate::wire::{self, AgentControl, GatewayControl, MAX_FRAME_BYTES, StreamId};
@@ -14,12 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use signaling::token::{Claims, Role, Scope, TokenError};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -253,8 +255,10 @@ async fn ingest(
         .parse()
         .map_err(|_| forbidden("the token names no valid ambulance"))?;
     // Messages up to 1 MiB are read so that oversized frames get a typed `too_large` error.
+    // Each read zero-fills the free part of the read buffer first, and a frame is about
+    // 600 bytes: 4 KiB holds several.
     Ok(ws
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(4 * 1024)
         .max_message_size(1 << 20)
         .max_frame_size(1 << 20)
         .on_upgrade(move |socket| agent_session(gw, stream, socket)))
@@ -456,6 +460,11 @@ async fn viewer_session(gw: Arc<Gateway>, mut socket: WebSocket) {
     gw.metrics.viewers.inc();
     let viewer = Viewer::new(VIEWER_QUEUE);
     let (sink, mut source) = socket.split();
+    let sink: SharedSink = Arc::new(tokio::sync::Mutex::new(sink));
+    viewer.attach(Box::new(DirectSink {
+        sink: sink.clone(),
+        fanout: gw.metrics.fanout.clone(),
+    }));
     let mut writer = tokio::spawn(viewer_writer(
         gw.clone(),
         viewer.clone(),
@@ -581,33 +590,81 @@ fn handle_request(
     }
 }
 
-/// Sends the viewer's queue to its socket, and the streams list when it changes.
-async fn viewer_writer(
-    gw: Arc<Gateway>,
-    viewer: Arc<Viewer>,
-    visible: Visible,
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-) {
+/// The sending half of a viewer's socket, shared by its writer task and [`DirectSink`].
+type SharedSink = Arc<tokio::sync::Mutex<SplitSink<WebSocket, Message>>>;
+
+/// Live data straight to a viewer's socket from the task that produced it, while the
+/// viewer's writer task is not using the socket: no wake-up of the writer per message.
+struct DirectSink {
+    sink: SharedSink,
+    fanout: prometheus::Histogram,
+}
+
+impl ViewerSink for DirectSink {
+    fn offer(&self, msg: &Outgoing, at: Instant) -> Offer {
+        // The writer holds the socket while it sends what is queued (or waits on a slow
+        // socket): then the message is queued behind.
+        let Ok(mut sink) = self.sink.try_lock() else {
+            return Offer::Refused;
+        };
+        // Never waits: a socket that would block is left to the writer, which has a waker
+        // and the stall limit.
+        let mut cx = Context::from_waker(Waker::noop());
+        if !matches!(sink.poll_ready_unpin(&mut cx), Poll::Ready(Ok(()))) {
+            return Offer::Refused;
+        }
+        if sink.start_send_unpin(message(msg)).is_err() {
+            // The socket is broken: the writer finds out and ends the session.
+            return Offer::Unflushed;
+        }
+        match sink.poll_flush_unpin(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                self.fanout.observe(at.elapsed().as_secs_f64());
+                Offer::Sent
+            }
+            _ => Offer::Unflushed,
+        }
+    }
+}
+
+fn message(msg: &Outgoing) -> Message {
+    match msg {
+        Outgoing::Text(t) => Message::Text(Utf8Bytes::from(&**t)),
+        Outgoing::Binary(b) => Message::Binary(b.clone()),
+    }
+}
+
+/// Sends the viewer's queue to its socket, and the streams list when it changes. Also
+/// finishes what [`DirectSink`] could not send at once.
+async fn viewer_writer(gw: Arc<Gateway>, viewer: Arc<Viewer>, visible: Visible, sink: SharedSink) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_list: Option<Vec<StreamSummary>> = None;
     let mut reported_drops = 0;
     let mut batch = Vec::with_capacity(VIEWER_BATCH);
     loop {
-        viewer.drain_into(&mut batch, VIEWER_BATCH);
-        if !batch.is_empty() {
+        let full = {
+            // Held while draining and sending, so that live data cannot overtake the queue.
+            let mut sink = sink.lock().await;
+            viewer.drain_into(&mut batch, VIEWER_BATCH);
             // Everything queued goes out with one flush (one write to the socket), under one
-            // stall limit for the whole batch.
-            let send_all = async {
-                for (msg, _) in &batch {
-                    let msg = match msg {
-                        Outgoing::Text(t) => Message::Text(Utf8Bytes::from(&**t)),
-                        Outgoing::Binary(b) => Message::Binary(b.clone()),
-                    };
-                    sink.feed(msg).await?;
+            // stall limit for the whole batch. An empty batch still flushes what a direct
+            // send left behind.
+            let sent = {
+                let mut send_all = std::pin::pin!(async {
+                    for (msg, _) in &batch {
+                        sink.feed(message(msg)).await?;
+                    }
+                    sink.flush().await
+                });
+                // Usually the socket takes the batch at once: only a batch it does not take
+                // right away gets a stall timer (setting one up per batch costs more than
+                // the send itself).
+                match std::future::poll_fn(|cx| Poll::Ready(send_all.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => Ok(result),
+                    Poll::Pending => tokio::time::timeout(VIEWER_STALL, send_all).await,
                 }
-                sink.flush().await
             };
-            match tokio::time::timeout(VIEWER_STALL, send_all).await {
+            match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
@@ -618,11 +675,15 @@ async fn viewer_writer(
                     return;
                 }
             }
+            let full = batch.len() == VIEWER_BATCH;
             for (_, queued) in batch.drain(..) {
                 if let Some(queued) = queued {
                     gw.metrics.fanout.observe(queued.elapsed().as_secs_f64());
                 }
             }
+            full
+        };
+        if full {
             continue;
         }
         tokio::select! {

@@ -19,8 +19,8 @@ pub struct GatewayMetrics {
     pub hl7_messages: IntCounterVec,
     /// Viewers connected.
     pub viewers: IntGauge,
-    /// Time from a message being queued for a viewer (as its frame is taken) until the
-    /// viewer's socket accepted it.
+    /// Time from a message being made for a viewer (as its frame is taken) until the
+    /// viewer's socket accepted it, whether it was sent at once or queued first.
     pub fanout: Histogram,
     streams: IntGauge,
     streams_up: IntGauge,
@@ -69,7 +69,7 @@ impl GatewayMetrics {
             fanout: Histogram::with_opts(
                 HistogramOpts::new(
                     "telemetry_fanout_seconds",
-                    "Ingest-to-viewer time inside the gateway: queued until written to the socket",
+                    "Ingest-to-viewer time inside the gateway: frame taken until written to the socket",
                 )
                 .buckets(vec![
                     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,

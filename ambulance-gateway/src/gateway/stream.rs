@@ -39,14 +39,43 @@ pub struct JournalRecord {
     pub seq: Option<u64>,
 }
 
+/// What became of a message offered straight to a viewer's socket ([`ViewerSink::offer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Sent: the socket took it.
+    Sent,
+    /// Taken, but the socket did not take all of it yet: the viewer's writer must finish.
+    Unflushed,
+    /// Not taken (the socket is busy with the writer): queue it.
+    Refused,
+}
+
+/// A viewer's socket as seen by the tasks that produce its messages: live data goes out
+/// through it at once when the socket takes it without waiting, saving the writer task a
+/// wake-up per message. It never blocks.
+pub trait ViewerSink: Send + Sync {
+    /// Offers `msg`, made at `at`, to the socket.
+    fn offer(&self, msg: &Outgoing, at: std::time::Instant) -> Offer;
+}
+
 /// A viewer: its bounded queue and a wake-up for the task that writes its socket.
-#[derive(Debug)]
 pub struct Viewer {
     /// Unique id.
     pub id: u64,
     queue: Mutex<ViewerQueue>,
     /// Signalled whenever something is queued.
     pub wake: tokio::sync::Notify,
+    sink: std::sync::OnceLock<Box<dyn ViewerSink>>,
+}
+
+impl std::fmt::Debug for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewer")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("direct", &self.sink.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Viewer {
@@ -57,7 +86,15 @@ impl Viewer {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             queue: Mutex::new(ViewerQueue::new(capacity)),
             wake: tokio::sync::Notify::new(),
+            sink: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets live data go straight to `sink` while nothing is queued (see [`ViewerSink`]).
+    /// Its writer must hold the socket while it drains the queue, so that nothing overtakes
+    /// what is queued. Only the first sink attached counts.
+    pub fn attach(&self, sink: Box<dyn ViewerSink>) {
+        let _ = self.sink.set(sink);
     }
 
     /// Queues a message and wakes the writer.
@@ -67,6 +104,28 @@ impl Viewer {
             .lock()
             .expect("viewer queue")
             .push(stream, msg, now);
+        self.wake.notify_one();
+    }
+
+    /// Sends live data at once if nothing is queued and the socket takes it; queues it
+    /// otherwise. Under the queue's lock, so it cannot overtake a message being queued.
+    fn deliver(&self, stream: Option<&Arc<StreamId>>, msg: Outgoing, at: std::time::Instant) {
+        let mut queue = self.queue.lock().expect("viewer queue");
+        if let Some(sink) = self.sink.get()
+            && queue.is_empty()
+        {
+            match sink.offer(&msg, at) {
+                Offer::Sent => return,
+                Offer::Unflushed => {
+                    drop(queue);
+                    self.wake.notify_one();
+                    return;
+                }
+                Offer::Refused => {}
+            }
+        }
+        queue.push(stream, msg, at);
+        drop(queue);
         self.wake.notify_one();
     }
 
@@ -417,8 +476,12 @@ impl AmbulanceStream {
     }
 
     fn broadcast(&self, msg: Outgoing) {
+        if self.viewers.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
         for v in &self.viewers {
-            v.push(Some(&self.id), msg.clone());
+            v.deliver(Some(&self.id), msg.clone(), now);
         }
     }
 }
@@ -596,6 +659,54 @@ mod tests {
         assert!(out.records.iter().all(|r| r.kind == record_kind::FRAME));
         assert_eq!(s.summary().numerics[&Vital::Hr], 151.0);
         assert_eq!(Kind::Numerics, f.header.kind);
+    }
+
+    /// A socket that takes what it is offered while `open`, and records it.
+    #[derive(Default)]
+    struct FakeSink {
+        open: std::sync::atomic::AtomicBool,
+        sent: Mutex<Vec<Outgoing>>,
+    }
+
+    impl ViewerSink for Arc<FakeSink> {
+        fn offer(&self, msg: &Outgoing, _at: std::time::Instant) -> Offer {
+            if !self.open.load(Ordering::Relaxed) {
+                return Offer::Refused;
+            }
+            self.sent.lock().unwrap().push(msg.clone());
+            Offer::Sent
+        }
+    }
+
+    #[test]
+    fn live_data_goes_straight_to_the_socket_but_never_ahead_of_the_queue() {
+        let mut s = AmbulanceStream::new(id(), 0, 100, 0);
+        let v = Viewer::new(100);
+        let sink = Arc::new(FakeSink::default());
+        v.attach(Box::new(sink.clone()));
+        // The limits on subscribe are queued (the writer sends them), and the socket is busy:
+        // live data waits behind them.
+        s.subscribe(v.clone(), 0);
+        for seq in 1..=2 {
+            let (f, b) = wave(seq, seq as i64);
+            s.on_frame(&f, b, 0).unwrap();
+        }
+        sink.open.store(true, Ordering::Relaxed);
+        let (f, b) = wave(3, 3);
+        s.on_frame(&f, b, 0).unwrap();
+        assert!(
+            sink.sent.lock().unwrap().is_empty(),
+            "the queue is not empty"
+        );
+        let queued = drain(&v);
+        assert_eq!(seqs(&queued), vec![(1, 0), (2, 0), (3, 0)]);
+        // Once the queue is drained, live data is sent at once.
+        for seq in 4..=5 {
+            let (f, b) = wave(seq, seq as i64);
+            s.on_frame(&f, b, 0).unwrap();
+        }
+        assert!(drain(&v).is_empty());
+        assert_eq!(seqs(&sink.sent.lock().unwrap()), vec![(4, 0), (5, 0)]);
     }
 
     #[test]
