@@ -157,7 +157,7 @@ async fn store(
             records.extend(outcome.records);
         }
         // Under the lock: the journal gets this stream's records in the order taken.
-        gw.persist(stream, records);
+        gw.persist_now(stream, records);
         (last, slot.durability(), frames.len())
     };
     if slot.wait_durable(last, since, DURABLE_WAIT).await {

@@ -45,7 +45,8 @@ pub struct GatewayConfig {
 /// `fdatasync`s proceed in parallel.
 const JOURNAL_THREADS: usize = 2;
 /// A journal thread starts a batch at most this often (group commit): every stream it owns
-/// is synced at most once per period, however many frames arrive.
+/// is synced at most once per period, however many frames arrive. A job someone waits on
+/// ([`Gateway::persist_now`], reads) starts the batch at once.
 const GROUP_COMMIT: Duration = Duration::from_millis(500);
 /// Most append jobs in one batch (one sync per stream per batch).
 const MAX_BATCH_JOBS: usize = 1 << 20;
@@ -120,12 +121,20 @@ impl StreamSlot {
 
 enum Job {
     Adopt(StreamId, Journal),
-    Append(StreamId, Vec<JournalRecord>),
+    /// Records to append; `true`: someone waits for them, start the batch at once.
+    Append(StreamId, Vec<JournalRecord>, bool),
     /// A reader of the stream's durable records (answered after the batch's syncs).
     Read(
         StreamId,
         tokio::sync::oneshot::Sender<Result<recorder::journal::Records, JournalError>>,
     ),
+}
+
+impl Job {
+    /// Whether someone waits for this job's result.
+    fn waited_on(&self) -> bool {
+        matches!(self, Job::Append(_, _, true) | Job::Read(..))
+    }
 }
 
 /// Shared gateway state.
@@ -306,12 +315,22 @@ impl Gateway {
         Ok(slot)
     }
 
-    /// Hands records to the durability worker.
+    /// Hands records to the durability worker (synced with the next group commit).
     pub fn persist(&self, id: &StreamId, records: Vec<JournalRecord>) {
         if !records.is_empty() {
             let _ = self
                 .journal_queue(id)
-                .send(Job::Append(id.clone(), records));
+                .send(Job::Append(id.clone(), records, false));
+        }
+    }
+
+    /// Hands records to the durability worker for a sync without waiting for the group
+    /// commit period: for a sender that waits for each acknowledgement (an HL7 monitor).
+    pub fn persist_now(&self, id: &StreamId, records: Vec<JournalRecord>) {
+        if !records.is_empty() {
+            let _ = self
+                .journal_queue(id)
+                .send(Job::Append(id.clone(), records, true));
         }
     }
 
@@ -422,20 +441,32 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
     let mut journals: HashMap<StreamId, Journal> = HashMap::new();
     let mut last_batch: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
-        if let Some(wait) = last_batch.and_then(|t| GROUP_COMMIT.checked_sub(t.elapsed())) {
-            std::thread::sleep(wait);
+        // Gather jobs until the group commit period has passed, or at once for a job
+        // someone waits on.
+        let mut jobs = vec![first];
+        if let Some(deadline) = last_batch.map(|t| t + GROUP_COMMIT) {
+            while !jobs.iter().any(Job::waited_on) {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match rx.recv_timeout(deadline - now) {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
         }
         last_batch = Some(std::time::Instant::now());
         let mut synced: HashMap<StreamId, u64> = HashMap::new();
         let mut failed: Vec<StreamId> = Vec::new();
         let mut reads = Vec::new();
-        for job in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
+        for job in jobs.into_iter().chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
             match job {
                 Job::Adopt(id, journal) => {
                     journals.insert(id, journal);
                 }
                 Job::Read(id, reply) => reads.push((id, reply)),
-                Job::Append(id, records) => {
+                Job::Append(id, records, _) => {
                     let Some(journal) = journals.get_mut(&id) else {
                         continue;
                     };
