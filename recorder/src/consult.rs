@@ -5,9 +5,9 @@
 //! audit log. It takes two inputs: *control* (start and stop a room's Recording, audit
 //! entries, legal holds, expiry) on an unbounded channel, each answered, and *media* (the
 //! SFU's taps: a track starts, its packets, it ends) on a bounded channel that the media loop
-//! fills with `try_send` ([`MediaSender::deliver`]): when the disk stalls the queue fills, the
-//! packets that do not fit are counted as lost ([`RecorderStats`]) and forwarding is never
-//! slowed. Each packet goes through the track's [`Depacketizer`] and [`TrackWriter`] into its
+//! fills with `try_send` ([`MediaSender::deliver`]) and the thread drains every 10 ms (so the
+//! media loop never has to wake it): when the disk stalls the queue fills, the packets that
+//! do not fit are counted as lost ([`RecorderStats`]) and forwarding is never slowed. Each packet goes through the track's [`Depacketizer`] and [`TrackWriter`] into its
 //! [`SealedWriter`]; once a second every file with new data is flushed (written and synced),
 //! so a crash loses at most about a second.
 //!
@@ -41,6 +41,9 @@ use tracing::{info, warn};
 pub const MEDIA_QUEUE: usize = 16_384;
 /// How often files with new data are flushed and their progress indexed.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often the media queue is drained (it holds about 2 s of media, so this is far from
+/// filling it).
+pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// Why the recorder refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -437,25 +440,38 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, control: Receiver<Control>, media: Receiver<MediaInput>) {
-        let ticks = tick(FLUSH_EVERY);
+        // The media queue is drained on a timer rather than waited on: a sender then never
+        // has to wake this thread, which would cost the media loop several µs per packet.
+        let drain = tick(DRAIN_EVERY);
+        let flush = tick(FLUSH_EVERY);
         loop {
             select! {
                 recv(control) -> c => match c {
-                    Ok(c) => self.control(c),
+                    Ok(c) => {
+                        // What was tapped before the command is handled first.
+                        self.drain(&media);
+                        self.control(c);
+                    }
                     Err(_) => break,
                 },
-                recv(media) -> m => {
-                    if let Ok(m) = m {
-                        self.media(m);
-                    }
+                recv(drain) -> _ => self.drain(&media),
+                recv(flush) -> _ => {
+                    self.drain(&media);
+                    self.flush();
                 }
-                recv(ticks) -> _ => self.flush(),
             }
         }
+        self.drain(&media);
         // The server is stopping: finish what is open.
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for room in rooms {
             let _ = self.stop(&room);
+        }
+    }
+
+    fn drain(&mut self, media: &Receiver<MediaInput>) {
+        for m in media.try_iter().take(MEDIA_QUEUE) {
+            self.media(m);
         }
     }
 
