@@ -213,6 +213,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
 
     let (key_path, key_given) = &config.master_key;
     let master_key = recording::master_key(key_path, &config.data_dir, *key_given)?;
+    let journal_master_key = master_key.clone();
     let recorder_config = recorder::consult::RecorderConfig {
         data_dir: config.data_dir.clone(),
         master_key,
@@ -247,6 +248,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         ambulance_gateway::gateway::GatewayConfig {
             data_dir: config.data_dir.clone(),
             ring_seconds: config.telemetry_ring_seconds,
+            master_key: Some(journal_master_key),
         },
         keys,
     );

@@ -1165,6 +1165,8 @@ fn main() {
             GatewayConfig {
                 data_dir: dir.path().to_path_buf(),
                 ring_seconds: args.ring_seconds,
+                // Sealed journals, as `medrelay serve` writes them.
+                master_key: Some(recorder::sealed::MasterKey::from_bytes(rand::random())),
             },
             keys.clone(),
         );

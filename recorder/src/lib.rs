@@ -2,7 +2,8 @@
 //!
 //! [`journal`] is a crash-safe, append-only log of records in segment files: the hospital
 //! gateway keeps each ambulance stream in one, and the ambulance agent's disk spool (its
-//! store-and-forward queue) is one. [`edf`] writes EDF+ files, [`edf_read`] reads EDF and EDF+.
+//! store-and-forward queue) is one; [`journal_seal`] encrypts its records at rest. [`edf`]
+//! writes EDF+ files, [`edf_read`] reads EDF and EDF+.
 //!
 //! Consult recording: [`depacketize`] turns a track's RTP payloads into frames, [`webm`]
 //! writes them to WebM/Matroska, [`sealed`] encrypts files at rest (AES-256-GCM under
@@ -17,6 +18,7 @@ pub mod edf;
 pub mod edf_read;
 pub mod index;
 pub mod journal;
+pub mod journal_seal;
 pub mod remux;
 pub mod sealed;
 pub mod webm;

@@ -76,6 +76,16 @@ def test_edf_export_reads_back_in_pyedflib(server, tmp_path: Path):
     status, _, body = get(server, f"/telemetry/streams/{STREAM}/record.edf?to=0", er)
     assert status == 422, body
 
+    # The stream's journal is sealed at rest: its key file is there, and neither the lead's
+    # label nor the stream id appear in the clear in its segments.
+    journal = server.data_dir / "telemetry" / STREAM
+    assert (journal / "key.sealed").is_file(), sorted(p.name for p in journal.iterdir())
+    segments = [p for p in journal.iterdir() if p.name != "key.sealed"]
+    assert segments, "the journal has segments"
+    for p in segments:
+        data = p.read_bytes()
+        assert b"MLII" not in data and STREAM.encode() not in data, f"{p.name} holds plain text"
+
     # The export is in the audit trail, which verifies.
     audit = subprocess.run([str(BIN), "audit", "query", "--data-dir", str(server.data_dir),
                             "--action", "export"], check=True, capture_output=True, text=True,

@@ -247,6 +247,7 @@ mod tests {
         let config = crate::gateway::GatewayConfig {
             data_dir: dir.path().into(),
             ring_seconds: 10,
+            master_key: Some(recorder::sealed::MasterKey::from_bytes([9; 32])),
         };
         let gw = Gateway::start(config, signaling::token::TokenKeys::new(&[7; 32]));
         let obs = observations(MONITOR);

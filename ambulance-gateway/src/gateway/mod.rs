@@ -39,7 +39,13 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// How much recent data each stream keeps in memory.
     pub ring_seconds: u32,
+    /// Journals of new streams are sealed under this key (`recorder::journal_seal`); `None`
+    /// keeps them plain (tests and benchmarks). A journal created plain stays plain.
+    pub master_key: Option<recorder::sealed::MasterKey>,
 }
+
+/// A stream journal's data key, when the journal is sealed.
+type Seal = Option<Arc<recorder::journal_seal::JournalKey>>;
 
 /// Journal threads; each owns the journals of a share of the streams, so that their
 /// `fdatasync`s proceed in parallel.
@@ -120,13 +126,13 @@ impl StreamSlot {
 }
 
 enum Job {
-    Adopt(StreamId, Journal),
+    Adopt(StreamId, Journal, Seal),
     /// Records to append; `true`: someone waits for them, start the batch at once.
     Append(StreamId, Vec<JournalRecord>, bool),
     /// A reader of the stream's durable records (answered after the batch's syncs).
     Read(
         StreamId,
-        tokio::sync::oneshot::Sender<Result<recorder::journal::Records, JournalError>>,
+        tokio::sync::oneshot::Sender<Result<(recorder::journal::Records, Seal), JournalError>>,
     ),
 }
 
@@ -286,9 +292,12 @@ impl Gateway {
             return Ok(slot);
         }
         let dir = self.stream_dir(id);
-        let (journal, durable, layout) = tokio::task::spawn_blocking(move || recover(dir))
-            .await
-            .expect("recovery task")?;
+        let master = self.config.master_key.clone();
+        let context = id.as_str().as_bytes().to_vec();
+        let (journal, seal, durable, layout) =
+            tokio::task::spawn_blocking(move || recover(dir, master.as_ref(), &context))
+                .await
+                .expect("recovery task")?;
         let mut stream = AmbulanceStream::new(
             id.clone(),
             durable,
@@ -299,7 +308,9 @@ impl Gateway {
             stream.restore_layout(seq, layout);
         }
         info!(stream = %id, durable, "telemetry stream loaded");
-        let _ = self.journal_queue(id).send(Job::Adopt(id.clone(), journal));
+        let _ = self
+            .journal_queue(id)
+            .send(Job::Adopt(id.clone(), journal, seal));
         let slot = Arc::new(StreamSlot {
             state: Mutex::new(stream),
             agent: Mutex::new(None),
@@ -343,12 +354,14 @@ impl Gateway {
         self.load(id).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.journal_queue(id).send(Job::Read(id.clone(), tx));
-        let records = rx.await.map_err(|_| {
+        let (records, seal) = rx.await.map_err(|_| {
             JournalError::from(std::io::Error::other("the journal thread has stopped"))
         })??;
-        tokio::task::spawn_blocking(move || record::StreamRecord::collect(records, window))
-            .await
-            .expect("record reading task")
+        tokio::task::spawn_blocking(move || {
+            record::StreamRecord::collect(records, window, seal.as_deref())
+        })
+        .await
+        .expect("record reading task")
     }
 
     fn journal_queue(&self, id: &StreamId) -> &std::sync::mpsc::Sender<Job> {
@@ -414,7 +427,21 @@ impl Gateway {
 
 /// Opens a stream's journal: what is durable, and the latest layout.
 #[allow(clippy::type_complexity)]
-fn recover(dir: PathBuf) -> Result<(Journal, u64, Option<(u64, Layout)>), JournalError> {
+fn recover(
+    dir: PathBuf,
+    master: Option<&recorder::sealed::MasterKey>,
+    context: &[u8],
+) -> Result<(Journal, Seal, u64, Option<(u64, Layout)>), JournalError> {
+    // A new journal is sealed when there is a master key; one written plain stays plain.
+    let plain_already = !dir.join(recorder::journal_seal::KEY_FILE).exists()
+        && std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    let seal = match master {
+        Some(master) if !plain_already => Some(Arc::new(
+            recorder::journal_seal::JournalKey::open_or_create(&dir, master, context)
+                .map_err(|e| JournalError::from(std::io::Error::other(e.to_string())))?,
+        )),
+        _ => None,
+    };
     let journal = Journal::open(&dir, JournalOptions::default())?;
     let mut durable = 0;
     let mut layout = None;
@@ -423,7 +450,17 @@ fn recover(dir: PathBuf) -> Result<(Journal, u64, Option<(u64, Layout)>), Journa
         if record.kind != record_kind::FRAME {
             continue;
         }
-        match wire::decode(&record.payload) {
+        let payload = match &seal {
+            Some(key) => match key.open(record.kind, &record.payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(dir = %dir.display(), "unreadable frame in journal: {e}");
+                    continue;
+                }
+            },
+            None => record.payload,
+        };
+        match wire::decode(&payload) {
             Ok(frame) => {
                 durable = durable.max(frame.header.seq);
                 if let Payload::Layout(l) = frame.payload {
@@ -433,12 +470,12 @@ fn recover(dir: PathBuf) -> Result<(Journal, u64, Option<(u64, Layout)>), Journa
             Err(e) => warn!(dir = %dir.display(), "undecodable frame in journal: {e}"),
         }
     }
-    Ok((journal, durable, layout))
+    Ok((journal, seal, durable, layout))
 }
 
 /// Appends and syncs in batches; reports what became durable.
 fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
-    let mut journals: HashMap<StreamId, Journal> = HashMap::new();
+    let mut journals: HashMap<StreamId, (Journal, Seal)> = HashMap::new();
     let mut last_batch: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
         // Gather jobs until the group commit period has passed, or at once for a job
@@ -462,17 +499,21 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
         let mut reads = Vec::new();
         for job in jobs.into_iter().chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
             match job {
-                Job::Adopt(id, journal) => {
-                    journals.insert(id, journal);
+                Job::Adopt(id, journal, seal) => {
+                    journals.insert(id, (journal, seal));
                 }
                 Job::Read(id, reply) => reads.push((id, reply)),
                 Job::Append(id, records, _) => {
-                    let Some(journal) = journals.get_mut(&id) else {
+                    let Some((journal, seal)) = journals.get_mut(&id) else {
                         continue;
                     };
                     let entry = synced.entry(id.clone()).or_default();
                     for r in records {
-                        if let Err(e) = journal.append(r.kind, &r.payload) {
+                        let appended = match seal {
+                            Some(key) => journal.append(r.kind, &key.seal(r.kind, &r.payload)),
+                            None => journal.append(r.kind, &r.payload),
+                        };
+                        if let Err(e) = appended {
                             error!(stream = %id, "journal append failed: {e}");
                             failed.push(id.clone());
                             break;
@@ -489,7 +530,7 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
             if failed.contains(&id) {
                 continue;
             }
-            let journal = journals.get_mut(&id).expect("appended above");
+            let (journal, _) = journals.get_mut(&id).expect("appended above");
             match journal.sync() {
                 Ok(()) if through > 0 => gw.synced(&id, through),
                 Ok(()) => {}
@@ -504,8 +545,8 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
             gw.journal_failed(&id);
         }
         for (id, reply) in reads {
-            if let Some(journal) = journals.get(&id) {
-                let _ = reply.send(journal.records());
+            if let Some((journal, seal)) = journals.get(&id) {
+                let _ = reply.send(journal.records().map(|r| (r, seal.clone())));
             }
         }
     }

@@ -5,6 +5,7 @@ use crate::gateway::alarms::Alarm;
 use crate::gateway::stream::record_kind;
 use crate::wire::{self, Frame, Kind};
 use recorder::journal::{JournalError, Records};
+use recorder::journal_seal::JournalKey;
 use std::collections::BTreeMap;
 use tracing::warn;
 
@@ -34,12 +35,27 @@ pub struct StreamRecord {
 }
 
 impl StreamRecord {
-    /// Reads `records` (blocking file IO), keeping what falls in `window`.
-    pub fn collect(records: Records, window: Window) -> Result<Self, JournalError> {
+    /// Reads `records` (blocking file IO), opening each with `seal` when the journal is
+    /// sealed, keeping what falls in `window`. A record that fails authentication is skipped
+    /// with a warning.
+    pub fn collect(
+        records: Records,
+        window: Window,
+        seal: Option<&JournalKey>,
+    ) -> Result<Self, JournalError> {
         let mut frames = BTreeMap::new();
         let mut alarms = Vec::new();
         for record in records {
-            let record = record?;
+            let mut record = record?;
+            if let Some(key) = seal {
+                match key.open(record.kind, &record.payload) {
+                    Ok(plain) => record.payload = plain,
+                    Err(e) => {
+                        warn!("skipping a journal record: {e}");
+                        continue;
+                    }
+                }
+            }
             match record.kind {
                 record_kind::FRAME => match wire::decode(&record.payload) {
                     Ok(f)
@@ -100,14 +116,14 @@ mod tests {
             j.append(record_kind::FRAME, &frame(seq, t)).unwrap();
         }
         j.sync().unwrap();
-        let all = StreamRecord::collect(j.records().unwrap(), Window::default()).unwrap();
+        let all = StreamRecord::collect(j.records().unwrap(), Window::default(), None).unwrap();
         let seqs: Vec<u64> = all.frames.iter().map(|f| f.header.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4]);
         let window = Window {
             from_us: Some(20),
             to_us: Some(30),
         };
-        let some = StreamRecord::collect(j.records().unwrap(), window).unwrap();
+        let some = StreamRecord::collect(j.records().unwrap(), window, None).unwrap();
         let seqs: Vec<u64> = some.frames.iter().map(|f| f.header.seq).collect();
         assert_eq!(seqs, vec![2, 3]);
     }
