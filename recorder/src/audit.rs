@@ -116,6 +116,8 @@ pub enum Action {
     Export,
     /// An alarm was acknowledged.
     AlarmAck,
+    /// Alarm limits were changed.
+    AlarmLimits,
     /// An access was refused (wrong role or room).
     AccessDenied,
     /// An admin put a record under legal hold.
@@ -128,7 +130,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::Join,
         Action::Leave,
         Action::Publish,
@@ -140,6 +142,7 @@ impl Action {
         Action::Download,
         Action::Export,
         Action::AlarmAck,
+        Action::AlarmLimits,
         Action::AccessDenied,
         Action::LegalHoldSet,
         Action::LegalHoldCleared,
@@ -160,6 +163,7 @@ impl Action {
             Action::Download => "download",
             Action::Export => "export",
             Action::AlarmAck => "alarm_ack",
+            Action::AlarmLimits => "alarm_limits",
             Action::AccessDenied => "access_denied",
             Action::LegalHoldSet => "legal_hold_set",
             Action::LegalHoldCleared => "legal_hold_cleared",

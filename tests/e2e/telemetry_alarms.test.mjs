@@ -9,7 +9,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { startServer, waitFor, safeJson, sleep, request } from './lib/server.mjs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { startServer, waitFor, safeJson, sleep, request, BIN } from './lib/server.mjs';
+
+const execFileP = promisify(execFile);
 import { spawnAgent, touchStream, Viewer, tempDir, nowMs, percentile, capTcpBuffers } from './lib/telemetry.mjs';
 
 const STREAM = 'AMB-9';
@@ -154,6 +158,16 @@ test('raising the HR high limit to 160 clears the alarm on the next value', { ti
   await sleep(2500);
   const raisedAgain = er.json.filter((j, i) => i >= from && isHrHigh(j.msg) && j.msg.alarm.id !== hrAlarm.id);
   assert.equal(raisedAgain.length, 0, `HR alarm raised again: ${safeJson(raisedAgain.map((j) => j.msg))}`);
+  // The acknowledgement and the limits change are in the audit trail, by the er identity.
+  const audited = async (action) => {
+    const { stdout } = await execFileP(BIN, ['audit', 'query', '--data-dir', server.dataDir, '--action', action]);
+    return stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  };
+  const acks = await audited('alarm_ack');
+  assert.deepEqual(acks.map((e) => [e.role, e.target]), [['er', `telemetry:${STREAM}`]], safeJson(acks));
+  const changes = await audited('alarm_limits');
+  assert.equal(changes.length, 1, safeJson(changes));
+  assert.match(changes[0].detail, /^hr /);
 });
 
 /** A gauge or counter from /metrics (first sample of `name`), or null. */

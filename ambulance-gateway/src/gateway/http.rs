@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use recorder::audit::Action;
 use serde::Serialize;
 use signaling::token::{Claims, Role, Scope, TokenError};
 use std::collections::HashSet;
@@ -546,6 +547,7 @@ fn handle_request(
                 .lock()
                 .expect("stream")
                 .subscribe(viewer.clone(), now_ms());
+            gw.audit_later(claims, Action::View, &stream, Some("live view".into()));
             subscribed.insert(stream);
             Ok(())
         }
@@ -566,6 +568,12 @@ fn handle_request(
                 .acknowledge(alarm, &claims.sub, now_ms())
                 .map_err(Refusal::UnknownAlarm)?;
             info!(%stream, alarm, "alarm acknowledged");
+            gw.audit_later(
+                claims,
+                Action::AlarmAck,
+                &stream,
+                Some(format!("alarm {alarm}")),
+            );
             gw.persist(&stream, records);
             Ok(())
         }
@@ -584,6 +592,8 @@ fn handle_request(
                 .set_limit(vital, Limit { low, high }, &claims.sub, now_ms())
                 .map_err(Refusal::BadLimits)?;
             info!(%stream, vital = vital.name(), "alarm limits changed");
+            let detail = format!("{} {low:?}..{high:?}", vital.name());
+            gw.audit_later(claims, Action::AlarmLimits, &stream, Some(detail));
             gw.persist(&stream, records);
             Ok(())
         }

@@ -222,18 +222,24 @@ impl Gateway {
         let Some(recorder) = self.audit.get().cloned() else {
             return Ok(());
         };
-        let record = recorder::consult::AuditRecord {
-            time_ms: now_ms() as u64,
-            actor: claims.sub.clone(),
-            role: claims.role.to_string(),
-            action,
-            room: None,
-            target: Some(format!("telemetry:{stream}")),
-            detail,
-        };
+        let record = audit_record(claims, action, stream, detail);
         tokio::task::spawn_blocking(move || recorder.audit_synced(record))
             .await
             .unwrap_or(Err(recorder::consult::RecorderError::Stopped))
+    }
+
+    /// Appends `action` by the token's holder on `stream` to the audit trail without waiting
+    /// (for actions on a viewer's socket: subscribing, acknowledging, changing limits).
+    pub(crate) fn audit_later(
+        &self,
+        claims: &signaling::token::Claims,
+        action: recorder::audit::Action,
+        stream: &StreamId,
+        detail: Option<String>,
+    ) {
+        if let Some(recorder) = self.audit.get() {
+            recorder.audit(audit_record(claims, action, stream, detail));
+        }
     }
 
     /// Whether the stream has connected since the gateway started or has a record in the
@@ -549,6 +555,24 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
                 let _ = reply.send(journal.records().map(|r| (r, seal.clone())));
             }
         }
+    }
+}
+
+/// The audit entry of an action on a telemetry stream.
+fn audit_record(
+    claims: &signaling::token::Claims,
+    action: recorder::audit::Action,
+    stream: &StreamId,
+    detail: Option<String>,
+) -> recorder::consult::AuditRecord {
+    recorder::consult::AuditRecord {
+        time_ms: now_ms() as u64,
+        actor: claims.sub.clone(),
+        role: claims.role.to_string(),
+        action,
+        room: None,
+        target: Some(format!("telemetry:{stream}")),
+        detail,
     }
 }
 
