@@ -235,7 +235,6 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         config.retention,
     )
     .context("opening the recordings index")?;
-    tokio::spawn(recording::expire_hourly(recorder.clone(), config.retention));
     let state = signaling::AppState::new(
         keys.clone(),
         api_key,
@@ -253,7 +252,12 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         keys,
     );
     gateway.register_metrics(&state.metrics);
-    gateway.set_audit(recorder.clone());
+    gateway.set_records(recorder.clone());
+    tokio::spawn(recording::expire_hourly(
+        recorder.clone(),
+        gateway.clone(),
+        config.retention,
+    ));
     state
         .metrics
         .register(Box::new(signaling::recordings::RecorderMetrics::new(

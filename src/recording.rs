@@ -124,22 +124,42 @@ impl ConsultRecords for Records {
     }
 }
 
-/// Runs the retention expiry once an hour (the first run a minute after start).
-pub async fn expire_hourly(recorder: Arc<Recorder>, retention: recorder::index::Retention) {
+/// Runs the retention expiry once an hour (the first run a minute after start): consult
+/// recordings through the recorder, then old telemetry journal segments through the gateway
+/// (sparing streams under legal hold).
+pub async fn expire_hourly(
+    recorder: Arc<Recorder>,
+    gateway: Arc<ambulance_gateway::gateway::Gateway>,
+    retention: recorder::index::Retention,
+) {
     let mut every = tokio::time::interval_at(
         tokio::time::Instant::now() + std::time::Duration::from_secs(60),
         std::time::Duration::from_secs(3600),
     );
     loop {
         every.tick().await;
-        let recorder = recorder.clone();
-        match tokio::task::spawn_blocking(move || recorder.expire(retention)).await {
+        let consults = recorder.clone();
+        match tokio::task::spawn_blocking(move || consults.expire(retention)).await {
             Ok(Ok(deleted)) if !deleted.is_empty() => {
                 tracing::info!(count = deleted.len(), "expired recordings deleted");
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!("retention expiry failed: {e}"),
             Err(e) => tracing::warn!("retention expiry task failed: {e}"),
+        }
+        let holds = recorder.clone();
+        let held = match tokio::task::spawn_blocking(move || holds.telemetry_holds()).await {
+            Ok(Ok(held)) => held,
+            _ => {
+                tracing::warn!("legal holds of telemetry cannot be read; telemetry not expired");
+                continue;
+            }
+        };
+        if let Err(e) = gateway
+            .expire_telemetry(retention.telemetry_days, &held)
+            .await
+        {
+            tracing::warn!("telemetry retention failed: {e}");
         }
     }
 }

@@ -19,10 +19,10 @@
 //! in `<data_dir>/recordings/index.sqlite`, the audit log in `<data_dir>/audit/audit.log`.
 
 use crate::audit::{self, Action, AuditError, AuditKey, AuditLog, NewEntry};
-use crate::depacketize::{Codec, Depacketizer, RtpPacket};
+use crate::depacketize::{Codec, Depacketizer, Frame, RtpPacket};
 use crate::index::{
-    Container, Index, IndexError, NewRecording, NewTrack, ParticipantEvent, PresenceChange,
-    RecordingKind, RecordingState, Retention, TrackKind, TrackRef,
+    Container, Index, IndexError, ListFilter, NewRecording, NewTrack, ParticipantEvent,
+    PresenceChange, RecordingKind, RecordingState, Retention, TrackKind, TrackRef,
 };
 use crate::sealed::{self, MasterKey, SealedError, SealedReader, SealedWriter};
 use crate::webm::{self, TrackSpec, TrackWriter, VideoCodec};
@@ -263,6 +263,18 @@ enum Control {
         retention: Retention,
         reply: Reply<Vec<String>>,
     },
+    RegisterTelemetry {
+        stream: String,
+        started_ms: i64,
+    },
+    TelemetryHolds {
+        reply: Reply<Vec<String>>,
+    },
+}
+
+/// The index id of an ambulance stream's telemetry record.
+pub fn telemetry_id(stream: &str) -> String {
+    format!("tel-{stream}")
 }
 
 /// The recorder service (see the [module documentation](self)).
@@ -391,6 +403,39 @@ impl Recorder {
         })
     }
 
+    /// Lists an ambulance stream's telemetry record in the index (once; later calls do
+    /// nothing): a recording of kind telemetry, id [`telemetry_id`], whose one track is the
+    /// journal directory `telemetry/<stream>`. Does not wait.
+    pub fn register_telemetry(&self, stream: &str, started_ms: i64) {
+        let _ = self.control.send(Control::RegisterTelemetry {
+            stream: stream.to_owned(),
+            started_ms,
+        });
+    }
+
+    /// The ambulance streams whose telemetry record is under legal hold (blocking).
+    pub fn telemetry_holds(&self) -> Result<Vec<String>, RecorderError> {
+        self.call(|reply| Control::TelemetryHolds { reply })
+    }
+
+    /// Appends an expiry of old telemetry (`detail` says what went) to the audit trail
+    /// (blocking).
+    pub fn audit_telemetry_expiry(
+        &self,
+        stream: &str,
+        detail: String,
+    ) -> Result<(), RecorderError> {
+        self.audit_synced(AuditRecord {
+            time_ms: now_ms() as u64,
+            actor: "retention".into(),
+            role: "system".into(),
+            action: Action::ExpiryDelete,
+            room: None,
+            target: Some(format!("telemetry:{stream}")),
+            detail: Some(detail),
+        })
+    }
+
     /// Deletes every recording whose retention has passed and that is not under legal hold;
     /// returns their ids (blocking; each deletion audited).
     pub fn expire(&self, retention: Retention) -> Result<Vec<String>, RecorderError> {
@@ -423,6 +468,42 @@ struct TrackRecording {
     frames: u64,
     /// Written since the last flush.
     dirty: bool,
+    /// The last frame, written when the next one comes (see [`TrackRecording::take`]).
+    held: Option<Frame>,
+}
+
+impl TrackRecording {
+    /// Takes a depacketized frame and writes the one held before it; returns the frames
+    /// written. A frame is held back until the next so that a keyframe re-encoding the same
+    /// picture (same RTP timestamp), which a sender makes when a keyframe is requested,
+    /// replaces it instead of following it at the same instant.
+    fn take(&mut self, frame: Frame, out: &mut Vec<u8>) -> u64 {
+        let held = match self.held.take() {
+            Some(h) if frame.keyframe && h.rtp_timestamp == frame.rtp_timestamp => None,
+            other => other,
+        };
+        self.held = Some(frame);
+        held.map_or(0, |h| self.write(&h, out))
+    }
+
+    /// Writes the held frame (at the end of the track); returns the frames written.
+    fn release(&mut self, out: &mut Vec<u8>) -> u64 {
+        self.held.take().map_or(0, |h| self.write(&h, out))
+    }
+
+    fn write(&mut self, frame: &Frame, out: &mut Vec<u8>) -> u64 {
+        // A video track starts at a keyframe; frames before it are not decodable.
+        match self
+            .writer
+            .push(frame.timestamp_ms, &frame.data, frame.keyframe, out)
+        {
+            Ok(()) => {
+                self.frames += 1;
+                1
+            }
+            Err(_) => 0,
+        }
+    }
 }
 
 struct Worker {
@@ -541,7 +622,55 @@ impl Worker {
             Control::Expire { retention, reply } => {
                 let _ = reply.send(self.expire(&retention));
             }
+            Control::RegisterTelemetry { stream, started_ms } => {
+                if let Err(e) = self.register_telemetry(&stream, started_ms) {
+                    warn!("a telemetry record cannot be indexed: {e}");
+                }
+            }
+            Control::TelemetryHolds { reply } => {
+                let filter = ListFilter {
+                    kind: Some(RecordingKind::Telemetry),
+                    limit: crate::index::MAX_LIST_LIMIT,
+                    ..ListFilter::default()
+                };
+                let held = self
+                    .index
+                    .list(&filter)
+                    .map_err(RecorderError::from)
+                    .map(|list| {
+                        list.into_iter()
+                            .filter(|r| r.legal_hold.is_some())
+                            .map(|r| r.room)
+                            .collect()
+                    });
+                let _ = reply.send(held);
+            }
         }
+    }
+
+    fn register_telemetry(&mut self, stream: &str, started_ms: i64) -> Result<(), RecorderError> {
+        let id = telemetry_id(stream);
+        if self.index.get(&id)?.is_some() {
+            return Ok(());
+        }
+        self.index.start_recording(&NewRecording {
+            id: id.clone(),
+            kind: RecordingKind::Telemetry,
+            room: stream.to_owned(),
+            started_ms,
+            started_by: "gateway".into(),
+        })?;
+        self.index.add_track(&NewTrack {
+            recording_id: id,
+            track_id: "journal".into(),
+            participant: stream.to_owned(),
+            kind: TrackKind::Telemetry,
+            codec: "medrelay-telemetry".into(),
+            file: format!("telemetry/{stream}"),
+            container: Container::Journal,
+            start_offset_ms: 0,
+        })?;
+        Ok(())
     }
 
     fn append(&mut self, r: &AuditRecord) -> Result<(), RecorderError> {
@@ -745,6 +874,7 @@ impl Worker {
                 file: sealed,
                 frames: 0,
                 dirty: false,
+                held: None,
             },
         );
         self.taps.insert(t.tap, t.room.clone());
@@ -771,20 +901,8 @@ impl Worker {
         });
         self.buf.clear();
         while let Some(frame) = track.depacketizer.poll() {
-            // A video track starts at a keyframe; frames before it are not decodable.
-            if track
-                .writer
-                .push(
-                    frame.timestamp_ms,
-                    &frame.data,
-                    frame.keyframe,
-                    &mut self.buf,
-                )
-                .is_ok()
-            {
-                track.frames += 1;
-                self.stats.frames.fetch_add(1, Ordering::Relaxed);
-            }
+            let written = track.take(frame, &mut self.buf);
+            self.stats.frames.fetch_add(written, Ordering::Relaxed);
         }
         if self.buf.is_empty() {
             return;
@@ -908,14 +1026,9 @@ fn finish_track(
     track.depacketizer.flush();
     buf.clear();
     while let Some(frame) = track.depacketizer.poll() {
-        if track
-            .writer
-            .push(frame.timestamp_ms, &frame.data, frame.keyframe, buf)
-            .is_ok()
-        {
-            track.frames += 1;
-        }
+        track.take(frame, buf);
     }
+    track.release(buf);
     track.file.write(buf)?;
     let finish = track.writer.finish();
     track.file.write(&finish.append)?;
@@ -947,7 +1060,12 @@ fn recover(
     index: &mut Index,
     audit: &mut AuditLog,
 ) -> Result<(), RecorderError> {
-    for r in index.unfinished()? {
+    // Telemetry records stay open for as long as their stream exists: only consults recover.
+    let consults = index
+        .unfinished()?
+        .into_iter()
+        .filter(|r| r.kind == RecordingKind::Consult);
+    for r in consults {
         let Some(detail) = index.get(&r.id)? else {
             continue;
         };

@@ -319,6 +319,23 @@ impl Journal {
         sync_dir(&self.dir)
     }
 
+    /// Deletes the whole segments, except the one appended to, last written before `cutoff`
+    /// (retention), oldest first; returns how many. Stops at the first segment written since.
+    pub fn expire_before(&mut self, cutoff: std::time::SystemTime) -> Result<usize, JournalError> {
+        let mut first_kept = self.current;
+        for &id in &self.segments {
+            let path = segment_path(&self.dir, id);
+            let modified = fs::metadata(&path).and_then(|m| m.modified()).at(&path)?;
+            if id >= self.current || modified >= cutoff {
+                first_kept = id;
+                break;
+            }
+        }
+        let before = self.segments.len();
+        self.remove_segments_before(first_kept)?;
+        Ok(before - self.segments.len())
+    }
+
     /// The journal's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -781,6 +798,33 @@ mod tests {
             at += (RECORD_HEADER_LEN + r.payload.len()) as u64;
         }
         out
+    }
+
+    #[test]
+    fn retention_removes_whole_old_segments_but_never_the_current_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(tmp.path(), small()).unwrap();
+        let expected = fill(&mut journal, 0, 60);
+        let segments = journal.segments();
+        assert!(segments.len() > 4, "{segments:?}");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        // The first three segments were last written an hour ago.
+        for &id in &segments[..3] {
+            let f = fs::File::options()
+                .write(true)
+                .open(segment_path(tmp.path(), id))
+                .unwrap();
+            f.set_modified(old).unwrap();
+        }
+        let cutoff = old + std::time::Duration::from_secs(60);
+        assert_eq!(journal.expire_before(cutoff).unwrap(), 3);
+        assert_eq!(journal.segments(), segments[3..].to_vec());
+        let kept: Vec<Record> = expected.into_iter().filter(|r| r.segment > segments[2]).collect();
+        assert_eq!(read_all(&journal), kept);
+        // Everything is older than a cutoff in the future, but the current segment stays.
+        let future = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        journal.expire_before(future).unwrap();
+        assert_eq!(journal.segments(), vec![*segments.last().unwrap()]);
     }
 
     #[test]

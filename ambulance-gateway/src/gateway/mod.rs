@@ -129,6 +129,12 @@ enum Job {
     Adopt(StreamId, Journal, Seal),
     /// Records to append; `true`: someone waits for them, start the batch at once.
     Append(StreamId, Vec<JournalRecord>, bool),
+    /// Retention: delete segments last written before `cutoff`, except the `keep` streams'.
+    Expire {
+        cutoff: SystemTime,
+        keep: std::collections::HashSet<StreamId>,
+        reply: tokio::sync::oneshot::Sender<Vec<(StreamId, usize)>>,
+    },
     /// A reader of the stream's durable records (answered after the batch's syncs).
     Read(
         StreamId,
@@ -139,7 +145,10 @@ enum Job {
 impl Job {
     /// Whether someone waits for this job's result.
     fn waited_on(&self) -> bool {
-        matches!(self, Job::Append(_, _, true) | Job::Read(..))
+        matches!(
+            self,
+            Job::Append(_, _, true) | Job::Read(..) | Job::Expire { .. }
+        )
     }
 }
 
@@ -156,8 +165,9 @@ pub struct Gateway {
     metrics: metrics::GatewayMetrics,
     /// Patients of HL7-fed streams, read from the data directory on first use.
     patients: tokio::sync::Mutex<Option<patients::PatientFile>>,
-    /// Where reads, exports and alarm actions are audited (set at start-up).
-    audit: std::sync::OnceLock<Arc<recorder::consult::Recorder>>,
+    /// The records service: where reads, exports and alarm actions are audited and streams
+    /// are indexed (set at start-up).
+    records: std::sync::OnceLock<Arc<recorder::consult::Recorder>>,
 }
 
 impl Gateway {
@@ -176,7 +186,7 @@ impl Gateway {
             summaries: Mutex::new(Arc::new(Vec::new())),
             metrics: metrics::GatewayMetrics::new(),
             patients: tokio::sync::Mutex::new(None),
-            audit: std::sync::OnceLock::new(),
+            records: std::sync::OnceLock::new(),
         });
         for rx in queues {
             let weak = Arc::downgrade(&gw);
@@ -204,9 +214,10 @@ impl Gateway {
         self.streams.lock().expect("streams").get(id).cloned()
     }
 
-    /// Audits telemetry accesses in `recorder`'s audit trail from now on.
-    pub fn set_audit(&self, recorder: Arc<recorder::consult::Recorder>) {
-        let _ = self.audit.set(recorder);
+    /// From now on, audits telemetry accesses in `recorder`'s audit trail and lists each
+    /// stream's record in its index.
+    pub fn set_records(&self, recorder: Arc<recorder::consult::Recorder>) {
+        let _ = self.records.set(recorder);
     }
 
     /// Appends `action` by the token's holder on `stream` to the audit trail and waits until
@@ -219,7 +230,7 @@ impl Gateway {
         stream: &StreamId,
         detail: Option<String>,
     ) -> Result<(), recorder::consult::RecorderError> {
-        let Some(recorder) = self.audit.get().cloned() else {
+        let Some(recorder) = self.records.get().cloned() else {
             return Ok(());
         };
         let record = audit_record(claims, action, stream, detail);
@@ -237,7 +248,7 @@ impl Gateway {
         stream: &StreamId,
         detail: Option<String>,
     ) {
-        if let Some(recorder) = self.audit.get() {
+        if let Some(recorder) = self.records.get() {
             recorder.audit(audit_record(claims, action, stream, detail));
         }
     }
@@ -314,6 +325,9 @@ impl Gateway {
             stream.restore_layout(seq, layout);
         }
         info!(stream = %id, durable, "telemetry stream loaded");
+        if let Some(records) = self.records.get() {
+            records.register_telemetry(id.as_str(), now_ms());
+        }
         let _ = self
             .journal_queue(id)
             .send(Job::Adopt(id.clone(), journal, seal));
@@ -330,6 +344,58 @@ impl Gateway {
             .expect("streams")
             .insert(id.clone(), slot.clone());
         Ok(slot)
+    }
+
+    /// Retention: deletes every stream's whole journal segments last written more than
+    /// `retention_days` ago (never a segment still appended to), except the streams in
+    /// `held` (legal hold); each deletion is audited. Returns (stream, segments deleted) for
+    /// the streams that lost any.
+    pub async fn expire_telemetry(
+        self: &Arc<Self>,
+        retention_days: u32,
+        held: &[String],
+    ) -> Result<Vec<(StreamId, usize)>, JournalError> {
+        let dir = self.config.data_dir.join("telemetry");
+        let mut ids = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.path().is_dir()
+                    && let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok())
+                {
+                    ids.push(id);
+                }
+            }
+        }
+        for id in &ids {
+            self.load(id).await?;
+        }
+        let cutoff = SystemTime::now() - Duration::from_secs(u64::from(retention_days) * 24 * 3600);
+        let keep: std::collections::HashSet<StreamId> =
+            held.iter().filter_map(|h| h.parse().ok()).collect();
+        let mut expired = Vec::new();
+        for queue in &self.jobs {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = queue.send(Job::Expire {
+                cutoff,
+                keep: keep.clone(),
+                reply: tx,
+            });
+            expired.extend(rx.await.unwrap_or_default());
+        }
+        if let Some(records) = self.records.get().cloned() {
+            let report = expired.clone();
+            tokio::task::spawn_blocking(move || {
+                for (id, n) in report {
+                    let detail = format!("{n} journal segments older than {retention_days} days");
+                    if let Err(e) = records.audit_telemetry_expiry(id.as_str(), detail) {
+                        warn!(stream = %id, "an expiry cannot be audited: {e}");
+                    }
+                }
+            })
+            .await
+            .expect("audit task");
+        }
+        Ok(expired)
     }
 
     /// Hands records to the durability worker (synced with the next group commit).
@@ -509,6 +575,26 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
                     journals.insert(id, (journal, seal));
                 }
                 Job::Read(id, reply) => reads.push((id, reply)),
+                Job::Expire {
+                    cutoff,
+                    keep,
+                    reply,
+                } => {
+                    let mut expired = Vec::new();
+                    for (id, (journal, _)) in
+                        journals.iter_mut().filter(|(id, _)| !keep.contains(id))
+                    {
+                        match journal.expire_before(cutoff) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                info!(stream = %id, segments = n, "expired telemetry deleted");
+                                expired.push((id.clone(), n));
+                            }
+                            Err(e) => warn!(stream = %id, "expiring telemetry failed: {e}"),
+                        }
+                    }
+                    let _ = reply.send(expired);
+                }
                 Job::Append(id, records, _) => {
                     let Some((journal, seal)) = journals.get_mut(&id) else {
                         continue;
@@ -610,5 +696,66 @@ async fn timer(gw: Weak<Gateway>) {
             *gw.summaries.lock().expect("summaries") = Arc::new(list);
         }
         n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recorder::journal::{Journal, JournalOptions};
+
+    /// A journal of small segments for `id`, the older ones last written `age` ago.
+    fn old_journal(data: &std::path::Path, id: &str, age: Duration) -> usize {
+        let dir = data.join("telemetry").join(id);
+        let mut journal = Journal::open(&dir, JournalOptions { segment_bytes: 256 }).unwrap();
+        for i in 0..40u8 {
+            journal.append(record_kind::ALARM, &[i; 40]).unwrap();
+        }
+        journal.sync().unwrap();
+        let segments = journal.segments();
+        let then = SystemTime::now() - age;
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let last = format!("{:020}.seg", segments.last().unwrap());
+            if entry.file_name().to_str() != Some(last.as_str()) {
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(entry.path())
+                    .unwrap();
+                f.set_modified(then).unwrap();
+            }
+        }
+        segments.len()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn retention_deletes_old_telemetry_segments_except_under_legal_hold() {
+        let data = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        let segments = old_journal(data.path(), "AMB-1", 3 * day);
+        old_journal(data.path(), "AMB-2", 3 * day);
+        old_journal(data.path(), "AMB-3", day / 2);
+        assert!(segments > 3);
+        let gw = Gateway::start(
+            GatewayConfig {
+                data_dir: data.path().into(),
+                ring_seconds: 10,
+                master_key: None,
+            },
+            TokenKeys::new(&[3; 32]),
+        );
+        let expired = gw.expire_telemetry(2, &["AMB-2".into()]).await.unwrap();
+        assert_eq!(
+            expired,
+            [("AMB-1".parse().unwrap(), segments - 1)],
+            "AMB-1's old segments, not AMB-2's (held) nor AMB-3's (recent)"
+        );
+        let left = |id: &str| {
+            std::fs::read_dir(data.path().join("telemetry").join(id))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(left("AMB-1"), 1, "the segment still appended to stays");
+        assert_eq!(left("AMB-2"), segments);
+        assert_eq!(left("AMB-3"), segments);
     }
 }
