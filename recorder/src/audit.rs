@@ -1238,7 +1238,8 @@ mod tests {
                 action: Some(Action::Download),
                 ..Filter::default()
             }),
-            [8, 23]
+            // The fixture cycles through Action::ALL (16 actions).
+            [8, 24]
         );
         assert_eq!(
             seqs(Filter {
