@@ -242,7 +242,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         Arc::new(recording::Records(recorder.clone())),
     );
     tokio::spawn(signaling::dispatch(state.clone(), events));
-    recording::forward_events(&recorder, state.registry.clone());
+    recording::forward_events(&recorder, state.clone());
     let gateway = ambulance_gateway::gateway::Gateway::start(
         ambulance_gateway::gateway::GatewayConfig {
             data_dir: config.data_dir.clone(),

@@ -164,10 +164,12 @@ pub async fn expire_hourly(
     }
 }
 
-/// Tells a room when one of its recorded tracks failed (a full disk): everyone gets a
-/// `recording_unavailable` error naming the track; the rest goes on.
-pub fn forward_events(recorder: &Recorder, registry: Arc<signaling::registry::Registry>) {
+/// When a recorded track fails (a full disk), the room's recording is stopped (everyone's
+/// indicator goes off) and everyone gets a `recording_unavailable` error saying why; the
+/// consult itself goes on.
+pub fn forward_events(recorder: &Recorder, state: Arc<signaling::AppState>) {
     let events = recorder.events();
+    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("recorder-events".into())
         .spawn(move || {
@@ -178,16 +180,23 @@ pub fn forward_events(recorder: &Recorder, registry: Arc<signaling::registry::Re
                     track,
                     reason,
                 } = event;
-                tracing::error!(%recording, %track, "a recorded track stopped: {reason}");
-                registry.broadcast(
-                    &room,
-                    signaling::protocol::ServerMessage::Error {
-                        code: signaling::protocol::ErrorCode::RecordingUnavailable,
-                        message: format!(
-                            "recording of track {track} stopped ({reason}); the consult goes on"
-                        ),
-                    },
-                );
+                tracing::error!(%recording, %track, "a recorded track failed, recording stops: {reason}");
+                let state = state.clone();
+                runtime.spawn(async move {
+                    state.registry.broadcast(
+                        &room,
+                        signaling::protocol::ServerMessage::Error {
+                            code: signaling::protocol::ErrorCode::RecordingUnavailable,
+                            message: format!(
+                                "recording stopped: track {track} could not be written ({reason}); \
+                                 the consult goes on"
+                            ),
+                        },
+                    );
+                    if let Err(e) = signaling::records::stop(&state, &room, Actor::room()).await {
+                        tracing::warn!("stopping the failed recording: {e}");
+                    }
+                });
             }
         })
         .expect("spawn the recorder events thread");

@@ -769,18 +769,24 @@ impl Worker {
         };
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         let now = now_ms();
+        let mut state = RecordingState::Complete;
         for (tap, track) in active.tracks.drain() {
             self.taps.remove(&tap);
-            finish_track(
-                &mut self.index,
-                track,
-                now - active.started_ms,
-                &mut self.buf,
-            )?;
+            let (track_ref, start) = (track.track.clone(), track.start_offset_ms);
+            let offset = now - active.started_ms;
+            if let Err(e) = finish_track(&mut self.index, track, offset, &mut self.buf) {
+                // The others are still completed; this one is indexed as failed.
+                warn!(track = %track_ref.track_id, "a track could not be completed: {e}");
+                state = RecordingState::Failed;
+                let empty = sha256_hex(&[]);
+                let failed = RecordingState::Failed;
+                let _ = self
+                    .index
+                    .finish_track(&track_ref, offset.max(start), 0, &empty, failed);
+            }
         }
         self.taps.retain(|_, r| r != room);
-        self.index
-            .finish_recording(&active.id, now, RecordingState::Complete)?;
+        self.index.finish_recording(&active.id, now, state)?;
         info!(recording = %active.id, "recording stopped");
         Ok(Some(active.id))
     }
