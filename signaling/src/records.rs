@@ -77,28 +77,6 @@ pub trait ConsultRecords: Send + Sync + 'static {
     fn audit(&self, event: AuditEvent);
 }
 
-/// Records that keep nothing: for servers and tests without a recorder.
-pub struct NoRecords;
-
-impl ConsultRecords for NoRecords {
-    fn start_recording(
-        &self,
-        _room: &str,
-        _by: &Actor,
-        _present: &[Actor],
-    ) -> Result<String, RecordsError> {
-        Err(RecordsError::Unavailable(
-            "this server has no recorder".into(),
-        ))
-    }
-
-    fn stop_recording(&self, _room: &str, _by: &Actor) -> Result<(), RecordsError> {
-        Ok(())
-    }
-
-    fn audit(&self, _event: AuditEvent) {}
-}
-
 /// Appends `action` by `actor` in `room` to the audit trail, off the async threads.
 pub(crate) fn audit(
     state: &AppState,
