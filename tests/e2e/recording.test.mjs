@@ -13,6 +13,7 @@ import path from 'node:path';
 import { startServer, waitFor, safeJson, sleep, BIN, ARTIFACTS } from './lib/server.mjs';
 import { launchBrowser, openParticipant, expectMediaFrom } from './lib/browser.mjs';
 import { api, metricsText, metricValue } from './lib/api.mjs';
+import { RawClient } from './lib/ws.mjs';
 
 const execFileP = promisify(execFile);
 const ROOM = 'consult-recorded';
@@ -84,9 +85,14 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
   const late = await openParticipant(browser, server, { room: ROOM, identity: 'crew-rec', role: 'crew' });
   people.push(late);
   assert.equal((await late.state()).recording?.recording_id, id, 'joined carries the recording');
+  // A screen share that comes and goes, and a muted microphone, are in the record too.
+  await specialist.page.locator('#btn-screen').click();
+  await clinic.page.locator('#btn-mic').click();
   await sleep(RECORD_SECONDS * 1000 - 3000);
   await button.click();
   const stoppedAt = Date.now();
+  await specialist.page.locator('#btn-screen').click();
+  await clinic.page.locator('#btn-mic').click();
   for (const p of people) {
     await waitFor(async () => (await p.state()).recording === null, { timeout: 10_000, message: `${p.identity} to see the recording stop` });
     assert.equal(await p.page.locator('#recording').isVisible(), false);
@@ -102,10 +108,11 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
   const kinds = tracks.map((t) => `${t.participant}:${t.kind}:${t.codec}`).sort();
   assert.deepEqual(kinds, [
     'clinic-rec:audio:opus', 'clinic-rec:video:vp8', 'crew-rec:audio:opus', 'crew-rec:video:vp8',
-    'specialist-rec:audio:opus', 'specialist-rec:video:vp8',
+    'specialist-rec:audio:opus', 'specialist-rec:screen:vp8', 'specialist-rec:video:vp8',
   ], safeJson(tracks));
-  for (const t of tracks.filter((t) => t.participant === 'crew-rec')) {
-    assert.ok(t.start_offset_ms >= 2500, `the late joiner's ${t.kind} starts ${t.start_offset_ms} ms in`);
+  const startsLate = (t) => t.participant === 'crew-rec' || t.kind === 'screen';
+  for (const t of tracks.filter(startsLate)) {
+    assert.ok(t.start_offset_ms >= 2500, `${t.participant}'s ${t.kind} starts ${t.start_offset_ms} ms in`);
   }
 
   const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'recording-'));
@@ -117,7 +124,7 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
     assert.equal(codec, t.codec, `${t.track_id}: ffprobe says ${codec}`);
     const truth = (t.ended_offset_ms - t.start_offset_ms) / 1000;
     assert.ok(Math.abs(duration - truth) <= 1, `${t.track_id}: ffprobe ${duration} s, recorded ${truth} s`);
-    const expected = t.participant === 'crew-rec' ? RECORD_SECONDS - 3 : RECORD_SECONDS;
+    const expected = startsLate(t) ? RECORD_SECONDS - 3 : RECORD_SECONDS;
     assert.ok(truth >= expected - 2 && truth <= expected + 3, `${t.track_id}: ${truth} s recorded of ~${expected}`);
     assert.equal(await decodeErrors(file), '', `${t.track_id}: ffmpeg decode errors`);
   }
@@ -136,7 +143,7 @@ test('a specialist records the consult; ffprobe and ffmpeg read every track', { 
   fs.writeFileSync(consultFile, Buffer.from(await whole.arrayBuffer()));
   const { stdout: streamsJson } = await execFileP('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_name:format=duration', '-of', 'json', consultFile]);
   const merged = JSON.parse(streamsJson);
-  assert.deepEqual(merged.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'opus', 'vp8', 'vp8', 'vp8'], streamsJson);
+  assert.deepEqual(merged.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'opus', 'vp8', 'vp8', 'vp8', 'vp8'], streamsJson);
   const longest = Math.max(...tracks.map((t) => t.ended_offset_ms)) / 1000;
   assert.ok(Math.abs(Number(merged.format.duration) - longest) <= 1, `consult ${merged.format.duration} s, tracks end at ${longest} s`);
   assert.equal(await decodeErrors(consultFile), '', 'the consult file decodes cleanly');
@@ -179,6 +186,29 @@ test('another room\'s observer and specialist get 403; a flipped byte is detecte
   fs.writeFileSync(file, bytes);
 });
 
+test('a room created with record:true is recorded from the first join until the last one leaves', { timeout: 30_000 }, async () => {
+  const created = await api(server, 'POST', '/api/rooms', { body: { name: 'auto-recorded', record: true } });
+  assert.equal(created.status, 201, safeJson(created.body));
+  assert.equal(created.body.record, true);
+  const client = await RawClient.connect(server.wsUrl);
+  try {
+    const token = await server.token({ room: 'auto-recorded', identity: 'nurse-auto', role: 'clinic' });
+    const joined = await client.join(token, 'auto-recorded');
+    assert.equal(joined.recording?.by, 'room', safeJson(joined));
+    const id = joined.recording.recording_id;
+    client.send({ type: 'leave' });
+    await waitFor(async () => {
+      const r = (await api(server, 'GET', `/recordings/${id}`)).body;
+      return r?.state === 'complete';
+    }, { timeout: 10_000, message: 'the recording to end when the last one leaves' });
+    const detail = (await api(server, 'GET', `/recordings/${id}`)).body;
+    assert.deepEqual(detail.participants.map((p) => [p.identity, p.role]), [['nurse-auto', 'clinic']]);
+    assert.equal(detail.started_by, 'room');
+  } finally {
+    client.terminate();
+  }
+});
+
 test('kill -9 mid-recording: after a restart the recording is listed and plays to within 2 s of the kill', { timeout: 120_000 }, async () => {
   const [clinic] = people;
   const on = await api(server, 'PUT', `/api/rooms/${ROOM}/recording`, { body: { on: true } });
@@ -213,9 +243,9 @@ test('kill -9 mid-recording: after a restart the recording is listed and plays t
 test('expiry deletes an expired recording and spares one under legal hold; audit verify names an edited entry', { timeout: 60_000 }, async () => {
   assert.ok(first, 'the recording test ran');
   const all = (await api(server, 'GET', '/recordings')).body;
-  assert.equal(all.length, 2, safeJson(all));
+  assert.equal(all.length, 3, safeJson(all));
   const held = first.id;
-  const other = all.find((r) => r.id !== held).id;
+  const others = all.filter((r) => r.id !== held).map((r) => r.id).sort();
   const hold = await api(server, 'PUT', `/api/recordings/${held}/hold`, { body: { hold: true, reason: 'complaint 2026-17' } });
   assert.equal(hold.status, 204, safeJson(hold.body));
   // With a retention of 0 days everything that has ended has expired.
@@ -223,8 +253,10 @@ test('expiry deletes an expired recording and spares one under legal hold; audit
   server = await startServer({ name: 'recording-expiry', dataDir: server.dataDir, extraArgs: ['--retention-days', '0'] });
   const expired = await api(server, 'POST', '/api/recordings/expire');
   assert.equal(expired.status, 200, safeJson(expired.body));
-  assert.deepEqual(expired.body.deleted, [other]);
-  assert.ok(!fs.existsSync(path.join(server.dataDir, 'recordings', other)), 'the expired files are gone');
+  assert.deepEqual(expired.body.deleted.sort(), others);
+  for (const other of others) {
+    assert.ok(!fs.existsSync(path.join(server.dataDir, 'recordings', other)), 'the expired files are gone');
+  }
   assert.ok(fs.existsSync(path.join(server.dataDir, 'recordings', held)), 'the held recording stays');
   assert.deepEqual((await api(server, 'GET', '/recordings')).body.map((r) => r.id), [held]);
   await server.stop({ keepDataDir: true });
@@ -234,7 +266,7 @@ test('expiry deletes an expired recording and spares one under legal hold; audit
   assert.match(ok.stdout, /audit trail intact: \d+ entries/);
   const query = await execFileP(BIN, ['audit', 'query', '--data-dir', server.dataDir, '--action', 'expiry_delete']);
   const deletions = query.stdout.trim().split('\n').map((l) => JSON.parse(l));
-  assert.deepEqual(deletions.map((e) => e.target), [other]);
+  assert.deepEqual(deletions.map((e) => e.target).sort(), others);
   const log = path.join(server.dataDir, 'audit', 'audit.log');
   const lines = fs.readFileSync(log, 'utf8').split('\n');
   assert.ok(lines.length > 4, `${lines.length} audit lines`);
