@@ -819,7 +819,10 @@ mod tests {
         let cutoff = old + std::time::Duration::from_secs(60);
         assert_eq!(journal.expire_before(cutoff).unwrap(), 3);
         assert_eq!(journal.segments(), segments[3..].to_vec());
-        let kept: Vec<Record> = expected.into_iter().filter(|r| r.segment > segments[2]).collect();
+        let kept: Vec<Record> = expected
+            .into_iter()
+            .filter(|r| r.segment > segments[2])
+            .collect();
         assert_eq!(read_all(&journal), kept);
         // Everything is older than a cutoff in the future, but the current segment stays.
         let future = std::time::SystemTime::now() + std::time::Duration::from_secs(60);

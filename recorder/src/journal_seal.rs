@@ -84,7 +84,8 @@ impl JournalKey {
             writer.finish()?;
         }
         let mut prefix = [0u8; 4];
-        rng.fill(&mut prefix).map_err(|_| JournalSealError::Random)?;
+        rng.fill(&mut prefix)
+            .map_err(|_| JournalSealError::Random)?;
         let key = UnboundKey::new(&AES_256_GCM, &raw).expect("a 32-byte key");
         Ok(JournalKey {
             key: LessSafeKey::new(key),
