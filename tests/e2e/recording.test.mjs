@@ -52,9 +52,14 @@ async function probe(file) {
   return { codec: j.streams?.[0]?.codec_name, duration: Number(j.format?.duration) };
 }
 
-/** ffmpeg's decode errors for a file ('' when it decodes cleanly). */
+/**
+ * ffmpeg's decode errors for a file ('' when it decodes cleanly). Frames keep the file's own
+ * millisecond time base (`-enc_time_base -1`): WebRTC video is variable-rate, and two frames
+ * a sender gave one RTP timestamp are written 1 ms apart, which the null muxer's default
+ * time base (1/frame rate) would round onto one tick and report as a muxing error.
+ */
 async function decodeErrors(file) {
-  const { stderr } = await execFileP('ffmpeg', ['-v', 'error', '-i', file, '-f', 'null', '-']);
+  const { stderr } = await execFileP('ffmpeg', ['-v', 'error', '-i', file, '-enc_time_base', '-1', '-f', 'null', '-']);
   return stderr.trim();
 }
 
