@@ -514,9 +514,10 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let o = Options::parse();
+    // The workspace's build output (cargo runs benches in the package's directory).
     let base = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "target".into());
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     std::fs::create_dir_all(&base).expect("the target directory");
     let tmp = tempfile::Builder::new()
         .prefix("tap-overhead-")
