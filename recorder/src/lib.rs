@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod consult;
 pub mod depacketize;
+mod ebml;
 pub mod edf;
 pub mod edf_read;
 pub mod index;

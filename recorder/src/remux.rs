@@ -26,47 +26,7 @@
 //! complete block (a recording still running, or not yet recovered) is merged up to its
 //! last complete block, as a player would read it.
 
-/// Matroska element IDs (with their length marker bits, as written).
-mod id {
-    pub const EBML: u32 = 0x1A45_DFA3;
-    pub const EBML_VERSION: u32 = 0x4286;
-    pub const EBML_READ_VERSION: u32 = 0x42F7;
-    pub const EBML_MAX_ID_LENGTH: u32 = 0x42F2;
-    pub const EBML_MAX_SIZE_LENGTH: u32 = 0x42F3;
-    pub const DOC_TYPE: u32 = 0x4282;
-    pub const DOC_TYPE_VERSION: u32 = 0x4287;
-    pub const DOC_TYPE_READ_VERSION: u32 = 0x4285;
-    pub const SEGMENT: u32 = 0x1853_8067;
-    pub const SEEK_HEAD: u32 = 0x114D_9B74;
-    pub const SEEK: u32 = 0x4DBB;
-    pub const SEEK_ID: u32 = 0x53AB;
-    pub const SEEK_POSITION: u32 = 0x53AC;
-    pub const INFO: u32 = 0x1549_A966;
-    pub const TIMESTAMP_SCALE: u32 = 0x2AD7B1;
-    pub const DURATION: u32 = 0x4489;
-    pub const DATE_UTC: u32 = 0x4461;
-    pub const MUXING_APP: u32 = 0x4D80;
-    pub const WRITING_APP: u32 = 0x5741;
-    pub const TRACKS: u32 = 0x1654_AE6B;
-    pub const TRACK_ENTRY: u32 = 0xAE;
-    pub const TRACK_NUMBER: u32 = 0xD7;
-    pub const TRACK_UID: u32 = 0x73C5;
-    pub const TRACK_TYPE: u32 = 0x83;
-    pub const NAME: u32 = 0x536E;
-    pub const CLUSTER: u32 = 0x1F43_B675;
-    pub const TIMESTAMP: u32 = 0xE7;
-    pub const SIMPLE_BLOCK: u32 = 0xA3;
-    pub const BLOCK_GROUP: u32 = 0xA0;
-    pub const CUES: u32 = 0x1C53_BB6B;
-    pub const CUE_POINT: u32 = 0xBB;
-    pub const CUE_TIME: u32 = 0xB3;
-    pub const CUE_TRACK_POSITIONS: u32 = 0xB7;
-    pub const CUE_TRACK: u32 = 0xF7;
-    pub const CUE_CLUSTER_POSITION: u32 = 0xF1;
-    pub const TAGS: u32 = 0x1254_C367;
-    pub const ATTACHMENTS: u32 = 0x1941_A469;
-    pub const CHAPTERS: u32 = 0x1043_A770;
-}
+use crate::ebml::{id, is_top_level, put_bytes, put_id, put_size, put_uint, read_uint, read_vint};
 
 /// A Cluster is started at least this often (ms).
 const CLUSTER_MS: u64 = 5_000;
@@ -158,7 +118,7 @@ pub fn merge(inputs: &[MergeInput<'_>]) -> Result<Vec<u8>, RemuxError> {
         let due = cluster_ms.is_none_or(|c| b.ms - c >= CLUSTER_MS || (video_key && b.ms > c));
         if due {
             if !cluster.is_empty() {
-                put_element(&mut clusters, id::CLUSTER, &cluster);
+                put_bytes(&mut clusters, id::CLUSTER, &cluster);
                 cluster.clear();
             }
             put_uint(&mut cluster, id::TIMESTAMP, b.ms);
@@ -172,15 +132,15 @@ pub fn merge(inputs: &[MergeInput<'_>]) -> Result<Vec<u8>, RemuxError> {
         }
         let relative = (b.ms - cluster_ms.unwrap_or(b.ms)) as i16; // < CLUSTER_MS
         head.clear();
-        put_vint(&mut head, number);
+        put_size(&mut head, number);
         head.extend_from_slice(&relative.to_be_bytes());
         put_id(&mut cluster, id::SIMPLE_BLOCK);
-        put_vint(&mut cluster, (head.len() + b.payload.len()) as u64);
+        put_size(&mut cluster, (head.len() + b.payload.len()) as u64);
         cluster.extend_from_slice(&head);
         cluster.extend_from_slice(b.payload);
     }
     if !cluster.is_empty() {
-        put_element(&mut clusters, id::CLUSTER, &cluster);
+        put_bytes(&mut clusters, id::CLUSTER, &cluster);
     }
 
     let mut ebml = Vec::new();
@@ -193,19 +153,19 @@ pub fn merge(inputs: &[MergeInput<'_>]) -> Result<Vec<u8>, RemuxError> {
     } else {
         "matroska"
     };
-    put_element(&mut ebml, id::DOC_TYPE, doc_type.as_bytes());
+    put_bytes(&mut ebml, id::DOC_TYPE, doc_type.as_bytes());
     put_uint(&mut ebml, id::DOC_TYPE_VERSION, 4);
     put_uint(&mut ebml, id::DOC_TYPE_READ_VERSION, 2);
 
     let mut info = Vec::new();
     put_uint(&mut info, id::TIMESTAMP_SCALE, MS_NS);
     let duration_ms = tracks.iter().map(|t| t.end_ms).max().unwrap_or(0);
-    put_element(&mut info, id::DURATION, &(duration_ms as f64).to_be_bytes());
+    put_bytes(&mut info, id::DURATION, &(duration_ms as f64).to_be_bytes());
     if let Some(date) = tracks.iter().find_map(|t| t.start_date_ns) {
-        put_element(&mut info, id::DATE_UTC, &date.to_be_bytes());
+        put_bytes(&mut info, id::DATE_UTC, &date.to_be_bytes());
     }
-    put_element(&mut info, id::MUXING_APP, b"medrelay");
-    put_element(&mut info, id::WRITING_APP, b"medrelay");
+    put_bytes(&mut info, id::MUXING_APP, b"medrelay");
+    put_bytes(&mut info, id::WRITING_APP, b"medrelay");
     let info = element(id::INFO, &info);
 
     let mut entries = Vec::new();
@@ -214,7 +174,7 @@ pub fn merge(inputs: &[MergeInput<'_>]) -> Result<Vec<u8>, RemuxError> {
         put_uint(&mut entry, id::TRACK_NUMBER, i as u64 + 1);
         put_uint(&mut entry, id::TRACK_UID, i as u64 + 1);
         if let Some(name) = input.name {
-            put_element(&mut entry, id::NAME, name.as_bytes());
+            put_bytes(&mut entry, id::NAME, name.as_bytes());
         }
         for c in children(track.entry) {
             let replaced = c.id == id::NAME && input.name.is_some();
@@ -222,7 +182,7 @@ pub fn merge(inputs: &[MergeInput<'_>]) -> Result<Vec<u8>, RemuxError> {
                 entry.extend_from_slice(c.raw);
             }
         }
-        put_element(&mut entries, id::TRACK_ENTRY, &entry);
+        put_bytes(&mut entries, id::TRACK_ENTRY, &entry);
     }
     let tracks_element = element(id::TRACKS, &entries);
 
@@ -251,8 +211,8 @@ pub fn merge(inputs: &[MergeInput<'_>]) -> Result<Vec<u8>, RemuxError> {
         );
         let mut point = Vec::new();
         put_uint(&mut point, id::CUE_TIME, ms);
-        put_element(&mut point, id::CUE_TRACK_POSITIONS, &positions);
-        put_element(&mut cue_points, id::CUE_POINT, &point);
+        put_bytes(&mut point, id::CUE_TRACK_POSITIONS, &positions);
+        put_bytes(&mut cue_points, id::CUE_POINT, &point);
     }
     let cues = if cue_points.is_empty() {
         Vec::new()
@@ -263,9 +223,9 @@ pub fn merge(inputs: &[MergeInput<'_>]) -> Result<Vec<u8>, RemuxError> {
     let parts = [&seek, &info, &tracks_element, &clusters, &cues];
     let segment_len: usize = parts.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(segment_len + ebml.len() + 32);
-    put_element(&mut out, id::EBML, &ebml);
+    put_bytes(&mut out, id::EBML, &ebml);
     put_id(&mut out, id::SEGMENT);
-    put_vint(&mut out, segment_len as u64);
+    put_size(&mut out, segment_len as u64);
     for part in parts {
         out.extend_from_slice(part);
     }
@@ -402,22 +362,6 @@ fn read_track<'a>(
     })
 }
 
-/// Whether an element ID belongs to the Segment's top level (and so ends a Cluster of
-/// unknown size).
-fn is_top_level(element: u32) -> bool {
-    matches!(
-        element,
-        id::CLUSTER
-            | id::CUES
-            | id::SEEK_HEAD
-            | id::INFO
-            | id::TRACKS
-            | id::TAGS
-            | id::ATTACHMENTS
-            | id::CHAPTERS
-    )
-}
-
 /// An element header read from a buffer.
 struct Header {
     id: u32,
@@ -468,67 +412,26 @@ fn children(body: &[u8]) -> impl Iterator<Item = Child<'_>> {
     })
 }
 
-/// Reads a variable-length integer of at most `max` bytes: its value (marker removed) and
-/// length.
-fn read_vint(buf: &[u8], max: usize) -> Option<(u64, usize)> {
-    let first = *buf.first()?;
-    let len = first.leading_zeros() as usize + 1;
-    let bytes = buf.get(..len).filter(|_| len <= max)?;
-    let marker_free = u64::from(first) & ((1u64 << (8 - len)) - 1);
-    Some((read_uint(&bytes[1..]) | marker_free << (8 * (len - 1)), len))
-}
-
-/// A big-endian unsigned integer of at most 8 bytes.
-fn read_uint(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .take(8)
-        .fold(0, |acc, b| acc << 8 | u64::from(*b))
-}
-
 /// A SeekHead naming the top-level elements at `positions` (plus `base`), 8 bytes each.
 fn seek_head(positions: &[(u32, u64)], base: u64) -> Vec<u8> {
     let mut body = Vec::new();
     for &(element, position) in positions {
         let mut seek = Vec::new();
-        put_element(&mut seek, id::SEEK_ID, &element.to_be_bytes());
-        put_element(
+        put_bytes(&mut seek, id::SEEK_ID, &element.to_be_bytes());
+        put_bytes(
             &mut seek,
             id::SEEK_POSITION,
             &(base + position).to_be_bytes(),
         );
-        put_element(&mut body, id::SEEK, &seek);
+        put_bytes(&mut body, id::SEEK, &seek);
     }
     element(id::SEEK_HEAD, &body)
 }
 
-fn put_id(out: &mut Vec<u8>, element: u32) {
-    let skip = (element.leading_zeros() / 8) as usize;
-    out.extend_from_slice(&element.to_be_bytes()[skip..]);
-}
-
-/// Writes `value` as a variable-length integer of the shortest length (never all ones, the
-/// unknown size).
-fn put_vint(out: &mut Vec<u8>, value: u64) {
-    let n = (1..=8).find(|n| value < (1u64 << (7 * n)) - 1).unwrap_or(8);
-    out.extend_from_slice(&(value | 1u64 << (7 * n)).to_be_bytes()[8 - n..]);
-}
-
-fn put_element(out: &mut Vec<u8>, element: u32, body: &[u8]) {
-    put_id(out, element);
-    put_vint(out, body.len() as u64);
-    out.extend_from_slice(body);
-}
-
 fn element(id: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 12);
-    put_element(&mut out, id, body);
+    put_bytes(&mut out, id, body);
     out
-}
-
-fn put_uint(out: &mut Vec<u8>, element: u32, value: u64) {
-    let skip = ((value.leading_zeros() / 8) as usize).min(7);
-    put_element(out, element, &value.to_be_bytes()[skip..]);
 }
 
 #[cfg(test)]

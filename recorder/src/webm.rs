@@ -30,57 +30,10 @@
 //! returned [`Finish`] exactly as after a normal stop, so a recovered file is indistinguishable
 //! from a finished one that stopped at that block.
 
-/// Matroska element IDs (with their length marker bits, as written).
-mod id {
-    pub const EBML: u32 = 0x1A45_DFA3;
-    pub const EBML_VERSION: u32 = 0x4286;
-    pub const EBML_READ_VERSION: u32 = 0x42F7;
-    pub const EBML_MAX_ID_LENGTH: u32 = 0x42F2;
-    pub const EBML_MAX_SIZE_LENGTH: u32 = 0x42F3;
-    pub const DOC_TYPE: u32 = 0x4282;
-    pub const DOC_TYPE_VERSION: u32 = 0x4287;
-    pub const DOC_TYPE_READ_VERSION: u32 = 0x4285;
-    pub const SEGMENT: u32 = 0x1853_8067;
-    pub const SEEK_HEAD: u32 = 0x114D_9B74;
-    pub const SEEK: u32 = 0x4DBB;
-    pub const SEEK_ID: u32 = 0x53AB;
-    pub const SEEK_POSITION: u32 = 0x53AC;
-    pub const VOID: u32 = 0xEC;
-    pub const INFO: u32 = 0x1549_A966;
-    pub const TIMESTAMP_SCALE: u32 = 0x2AD7B1;
-    pub const DURATION: u32 = 0x4489;
-    pub const DATE_UTC: u32 = 0x4461;
-    pub const MUXING_APP: u32 = 0x4D80;
-    pub const WRITING_APP: u32 = 0x5741;
-    pub const TRACKS: u32 = 0x1654_AE6B;
-    pub const TRACK_ENTRY: u32 = 0xAE;
-    pub const TRACK_NUMBER: u32 = 0xD7;
-    pub const TRACK_UID: u32 = 0x73C5;
-    pub const TRACK_TYPE: u32 = 0x83;
-    pub const FLAG_LACING: u32 = 0x9C;
-    pub const CODEC_ID: u32 = 0x86;
-    pub const CODEC_PRIVATE: u32 = 0x63A2;
-    pub const CODEC_DELAY: u32 = 0x56AA;
-    pub const SEEK_PRE_ROLL: u32 = 0x56BB;
-    pub const VIDEO: u32 = 0xE0;
-    pub const PIXEL_WIDTH: u32 = 0xB0;
-    pub const PIXEL_HEIGHT: u32 = 0xBA;
-    pub const AUDIO: u32 = 0xE1;
-    pub const SAMPLING_FREQUENCY: u32 = 0xB5;
-    pub const CHANNELS: u32 = 0x9F;
-    pub const CLUSTER: u32 = 0x1F43_B675;
-    pub const TIMESTAMP: u32 = 0xE7;
-    pub const SIMPLE_BLOCK: u32 = 0xA3;
-    pub const CUES: u32 = 0x1C53_BB6B;
-    pub const CUE_POINT: u32 = 0xBB;
-    pub const CUE_TIME: u32 = 0xB3;
-    pub const CUE_TRACK_POSITIONS: u32 = 0xB7;
-    pub const CUE_TRACK: u32 = 0xF7;
-    pub const CUE_CLUSTER_POSITION: u32 = 0xF1;
-    pub const TAGS: u32 = 0x1254_C367;
-    pub const ATTACHMENTS: u32 = 0x1941_A469;
-    pub const CHAPTERS: u32 = 0x1043_A770;
-}
+use crate::ebml::{
+    id, is_top_level, put_bytes, put_float, put_id, put_size, put_uint, read_uint, read_vint,
+    size_len,
+};
 
 /// The most cue points kept; later Clusters are not indexed (seeking still works by scanning).
 pub const MAX_CUES: usize = 100_000;
@@ -636,22 +589,6 @@ pub fn recover(file: &[u8]) -> Result<Recovered, WebmError> {
     })
 }
 
-/// Whether an element ID belongs to the Segment's top level (and so ends a Cluster of
-/// unknown size).
-fn is_top_level(element: u32) -> bool {
-    matches!(
-        element,
-        id::CLUSTER
-            | id::CUES
-            | id::SEEK_HEAD
-            | id::INFO
-            | id::TRACKS
-            | id::TAGS
-            | id::ATTACHMENTS
-            | id::CHAPTERS
-    )
-}
-
 /// An element header read from a buffer.
 #[derive(Debug, Clone, Copy)]
 struct Element {
@@ -703,31 +640,6 @@ impl Reader<'_> {
     }
 }
 
-/// Reads a variable-length integer of at most `max` bytes: its value (marker removed) and
-/// length.
-fn read_vint(buf: &[u8], max: usize) -> Option<(u64, usize)> {
-    let first = *buf.first()?;
-    let len = first.leading_zeros() as usize + 1;
-    if len > max {
-        return None;
-    }
-    let bytes = buf.get(..len)?;
-    let marker_free = u64::from(first) & ((1u64 << (8 - len)) - 1);
-    Some((
-        bytes[1..]
-            .iter()
-            .fold(marker_free, |acc, b| acc << 8 | u64::from(*b)),
-        len,
-    ))
-}
-
-fn read_uint(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .take(8)
-        .fold(0, |acc, b| acc << 8 | u64::from(*b))
-}
-
 /// A Seek entry naming a top-level `element` (4-byte ID) at `position` (8 bytes):
 /// [`SEEK_ENTRY_LEN`] bytes.
 fn seek_entry(element: u32, position: u64) -> Vec<u8> {
@@ -737,40 +649,6 @@ fn seek_entry(element: u32, position: u64) -> Vec<u8> {
     let mut entry = Vec::with_capacity(SEEK_ENTRY_LEN);
     put_bytes(&mut entry, id::SEEK, &body);
     entry
-}
-
-fn put_id(out: &mut Vec<u8>, element: u32) {
-    let bytes = element.to_be_bytes();
-    let skip = (element.leading_zeros() / 8) as usize;
-    out.extend_from_slice(&bytes[skip..]);
-}
-
-/// How many bytes the minimal size field for `size` takes.
-fn size_len(size: u64) -> usize {
-    // A length-n field holds up to 2^(7n) - 2 (all ones means unknown).
-    (1..=8).find(|n| size < (1u64 << (7 * n)) - 1).unwrap_or(8)
-}
-
-fn put_size(out: &mut Vec<u8>, size: u64) {
-    let n = size_len(size);
-    let value = size | (1u64 << (7 * n));
-    out.extend_from_slice(&value.to_be_bytes()[8 - n..]);
-}
-
-fn put_bytes(out: &mut Vec<u8>, element: u32, body: &[u8]) {
-    put_id(out, element);
-    put_size(out, body.len() as u64);
-    out.extend_from_slice(body);
-}
-
-fn put_uint(out: &mut Vec<u8>, element: u32, value: u64) {
-    let bytes = value.to_be_bytes();
-    let skip = ((value.leading_zeros() / 8) as usize).min(7);
-    put_bytes(out, element, &bytes[skip..]);
-}
-
-fn put_float(out: &mut Vec<u8>, element: u32, value: f64) {
-    put_bytes(out, element, &value.to_be_bytes());
 }
 
 /// Width and height from a VP8 keyframe's header (RFC 6386 section 9.1).
