@@ -91,6 +91,16 @@ struct Inner {
 }
 
 impl Inner {
+    /// Queues `message` for everyone in `room`.
+    fn broadcast(&self, room: &str, message: &ServerMessage) {
+        let members = self.rooms.get(room).map_or(&[][..], |r| &r.members[..]);
+        for id in members {
+            if let Some(m) = self.members.get(id) {
+                deliver(&m.session, SessionSignal::Send(message.clone()));
+            }
+        }
+    }
+
     fn view(&self, name: &str, r: &Room) -> RoomView {
         RoomView {
             name: name.to_owned(),
@@ -315,17 +325,7 @@ impl Registry {
 
     /// Sends `message` to everyone in `room`.
     pub fn broadcast(&self, room: &str, message: ServerMessage) {
-        let inner = self.lock();
-        let members = inner
-            .rooms
-            .get(room)
-            .map(|r| r.members.clone())
-            .unwrap_or_default();
-        for id in members {
-            if let Some(m) = inner.members.get(&id) {
-                deliver(&m.session, SessionSignal::Send(message.clone()));
-            }
-        }
+        self.lock().broadcast(room, &message);
     }
 
     /// Notes that `room`'s recording started (`Some`) or stopped (`None`) and tells everyone
@@ -340,16 +340,7 @@ impl Registry {
             on: status.is_some(),
             status,
         };
-        let members = inner
-            .rooms
-            .get(room)
-            .map(|r| r.members.clone())
-            .unwrap_or_default();
-        for id in members {
-            if let Some(m) = inner.members.get(&id) {
-                deliver(&m.session, SessionSignal::Send(message.clone()));
-            }
-        }
+        inner.broadcast(room, &message);
     }
 
     /// Closes a room: refuses new joins and tells every session to close. Returns whether
