@@ -647,16 +647,7 @@ impl AuditLog {
             }
         };
         let head = Head::read(path, key)?;
-        match head {
-            Some(head) => head.check(path, &last)?,
-            None if last.seq > 0 => {
-                return Err(AuditError::Head {
-                    path: sibling(path, ".head"),
-                    problem: HeadProblem::Missing,
-                });
-            }
-            None => {}
-        }
+        check_head(head.as_ref(), path, &last)?;
         if keep < file_len {
             file.set_len(keep)
                 .and_then(|()| file.sync_data())
@@ -786,6 +777,18 @@ pub struct VerifyReport {
     pub last_seq: u64,
 }
 
+/// Checks the log's head (if any) against its last entry; a non-empty log must have one.
+fn check_head(head: Option<&Head>, path: &Path, last: &Head) -> Result<(), AuditError> {
+    match head {
+        Some(head) => head.check(path, last),
+        None if last.seq > 0 => Err(AuditError::Head {
+            path: sibling(path, ".head"),
+            problem: HeadProblem::Missing,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Checks the whole log at `path` and its head: every entry's hash, the seq sequence, the
 /// chain of `prev` hashes, and that the head is authentic and not ahead of the log. The
 /// first problem found is the error, naming the line and seq of the entry. An unterminated
@@ -819,16 +822,7 @@ pub fn verify(path: &Path, key: &AuditKey) -> Result<VerifyReport, AuditError> {
             head.check(path, &last)?;
         }
     }
-    match head {
-        Some(head) => head.check(path, &last)?,
-        None if last.seq > 0 => {
-            return Err(AuditError::Head {
-                path: sibling(path, ".head"),
-                problem: HeadProblem::Missing,
-            });
-        }
-        None => {}
-    }
+    check_head(head.as_ref(), path, &last)?;
     Ok(VerifyReport {
         entries: last.seq,
         last_seq: last.seq,
