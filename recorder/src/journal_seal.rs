@@ -21,6 +21,8 @@ const VERSION: u8 = 1;
 const TAG_LEN: usize = 16;
 /// Bytes a sealed payload adds to a record.
 pub const OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+/// Longest journal context (e.g. a stream id): the authenticated data is built on the stack.
+pub const MAX_CONTEXT: usize = 64;
 
 /// Why a record could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,9 @@ pub enum JournalSealError {
     /// The randomness source failed.
     #[error("no randomness for a new key")]
     Random,
+    /// The context is longer than [`MAX_CONTEXT`].
+    #[error("a journal context is at most {MAX_CONTEXT} bytes")]
+    ContextTooLong,
 }
 
 /// A journal's data key (see the [module documentation](self)).
@@ -60,6 +65,9 @@ impl JournalKey {
         master: &MasterKey,
         context: &[u8],
     ) -> Result<JournalKey, JournalSealError> {
+        if context.len() > MAX_CONTEXT {
+            return Err(JournalSealError::ContextTooLong);
+        }
         let path = dir.join(KEY_FILE);
         let rng = SystemRandom::new();
         let mut raw = [0u8; 32];
@@ -95,11 +103,14 @@ impl JournalKey {
         })
     }
 
-    fn aad(&self, kind: u8) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(self.context.len() + 1);
-        aad.extend_from_slice(&self.context);
-        aad.push(kind);
-        aad
+    /// The authenticated data of a record of `kind`: the context, then the kind (no
+    /// allocation: this runs for every record).
+    fn aad(&self, kind: u8) -> ([u8; MAX_CONTEXT + 1], usize) {
+        let mut aad = [0u8; MAX_CONTEXT + 1];
+        let n = self.context.len();
+        aad[..n].copy_from_slice(&self.context);
+        aad[n] = kind;
+        (aad, n + 1)
     }
 
     /// The sealed form of a record of `kind`.
@@ -112,11 +123,12 @@ impl JournalKey {
         out.push(VERSION);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(payload);
+        let (aad, aad_len) = self.aad(kind);
         let tag = self
             .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad(kind)),
+                Aad::from(&aad[..aad_len]),
                 &mut out[1 + NONCE_LEN..],
             )
             .expect("a record fits AES-GCM's limits");
@@ -131,11 +143,12 @@ impl JournalKey {
         }
         let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN].try_into().expect("length");
         let mut body = sealed[1 + NONCE_LEN..].to_vec();
+        let (aad, aad_len) = self.aad(kind);
         let plain = self
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad(kind)),
+                Aad::from(&aad[..aad_len]),
                 &mut body,
             )
             .map_err(|_| JournalSealError::Authentication)?;
@@ -177,6 +190,10 @@ mod tests {
                 .is_err()
         );
         let other = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            JournalKey::open_or_create(other.path(), &master, &[b'x'; MAX_CONTEXT + 1]),
+            Err(JournalSealError::ContextTooLong)
+        ));
         let other = JournalKey::open_or_create(other.path(), &master, b"AMB-7").unwrap();
         assert!(other.open(1, &a).is_err(), "another journal's key");
     }
