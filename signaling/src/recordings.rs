@@ -9,6 +9,7 @@
 
 use crate::token::{Claims, Role, TokenKeys};
 use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -225,9 +226,10 @@ struct ListQuery {
 async fn list(
     State(api): State<Arc<RecordingsApi>>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Recording>>, Refusal> {
     let caller = caller(&api, &headers)?;
+    let Query(q) = q.map_err(|e| Refusal::BadRequest(e.body_text()))?;
     let mut rooms = rooms_of(&caller)?;
     if let Some(room) = q.room {
         rooms = match rooms {
@@ -510,22 +512,29 @@ async fn set_hold(
     State(api): State<Arc<RecordingsApi>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(body): Json<Hold>,
+    body: Result<Json<Hold>, JsonRejection>,
 ) -> Result<StatusCode, Refusal> {
     if !matches!(caller(&api, &headers)?, Caller::Admin) {
         return Err(Refusal::Forbidden("legal holds are set with the API key"));
     }
+    let Json(body) = body.map_err(|e| Refusal::BadRequest(e.body_text()))?;
     if body.hold && body.reason.trim().is_empty() {
         return Err(Refusal::BadRequest("a legal hold needs a reason".into()));
     }
     tokio::task::spawn_blocking(move || {
         api.recorder
             .set_legal_hold(&id, body.hold, "api", &body.reason)
-            .map_err(|e| match e {
-                recorder::consult::RecorderError::Index(
-                    recorder::index::IndexError::NotFound { .. },
-                ) => Refusal::NotFound,
-                e => Refusal::BadRequest(e.to_string()),
+            .map_err(|e| {
+                use recorder::consult::RecorderError::Index;
+                use recorder::index::IndexError;
+                match e {
+                    Index(IndexError::NotFound { .. }) => Refusal::NotFound,
+                    // The request does not fit the recording (deleted, still recording, …).
+                    Index(e @ (IndexError::Deleted { .. } | IndexError::Invalid(_))) => {
+                        Refusal::BadRequest(e.to_string())
+                    }
+                    e => Refusal::Internal(e.to_string()),
+                }
             })
     })
     .await

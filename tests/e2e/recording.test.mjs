@@ -173,6 +173,24 @@ test('another room\'s observer and specialist get 403; a flipped byte is detecte
   assert.equal((await bearer(url, sameRoomObserver)).status, 403, 'observers may not download');
   assert.equal((await fetch(url)).status, 401);
 
+  // Bad requests get typed JSON errors.
+  const typed = (r, status, code) => {
+    assert.equal(r.status, status, `${r.status} ${r.text}`);
+    assert.equal(r.body?.code, code, r.text);
+  };
+  typed(await api(server, 'GET', '/recordings?colour=red'), 400, 'bad_request');
+  typed(await api(server, 'PUT', `/api/recordings/${first.id}/hold`, { body: { hold: true } }), 400, 'bad_request');
+  typed(await api(server, 'PUT', `/api/recordings/${first.id}/hold`, { body: 'not json' }), 400, 'bad_request');
+  typed(await api(server, 'PUT', '/api/recordings/rec-404/hold', { body: { hold: true, reason: 'x' } }), 404, 'not_found');
+  const specialistToken = await server.token({ room: ROOM, identity: 'specialist-rec', role: 'specialist' });
+  const asUser = await fetch(`${server.url}/api/recordings/${first.id}/hold`, {
+    method: 'PUT',
+    headers: { Authorization: `Bearer ${specialistToken}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ hold: true, reason: 'x' }),
+  });
+  assert.equal(asUser.status, 403, 'legal holds need the API key');
+  typed(await api(server, 'GET', `/recordings/${first.id}/tracks/t99-video`), 404, 'not_found');
+
   const file = path.join(server.dataDir, track.file);
   const bytes = fs.readFileSync(file);
   const at = Math.floor(bytes.length / 2);
