@@ -45,15 +45,10 @@ use recorder::consult::{
 };
 use recorder::sealed::MasterKey;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
-};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -124,6 +119,9 @@ impl Options {
 
 // ----- the virtual network (as in tests/router_forwarding.rs) -----------------------------
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 /// One client peer connection at a virtual address.
 struct Client {
     addr: SocketAddr,
@@ -133,33 +131,7 @@ struct Client {
 }
 
 fn client(now: Instant, port: u16) -> Client {
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut media_engine = MediaEngine::default();
-    media_engine.register_default_codecs().unwrap();
-    let setting_engine = SettingEngineBuilder::new()
-        .with_include_loopback_candidate(true)
-        .build();
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(media_engine)
-        .with_setting_engine(setting_engine)
-        .build(now)
-        .unwrap();
-    let host = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".into(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .unwrap();
-    pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().unwrap())
-        .unwrap();
-    pc.add_local_candidate(RTCIceCandidateInit::default())
-        .unwrap();
+    let (addr, pc) = support::client_peer(now, port);
     Client {
         addr,
         pc,

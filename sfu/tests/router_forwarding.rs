@@ -4,16 +4,11 @@
 
 use bytes::{Bytes, BytesMut};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
-};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -26,6 +21,8 @@ use sfu::{
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+mod support;
 
 const ROUTER_ADDR: &str = "127.0.0.1:50000";
 const STEP: Duration = Duration::from_millis(5);
@@ -41,33 +38,7 @@ struct Client {
 }
 
 fn client(now: Instant, port: u16) -> Client {
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut media_engine = MediaEngine::default();
-    media_engine.register_default_codecs().unwrap();
-    let setting_engine = SettingEngineBuilder::new()
-        .with_include_loopback_candidate(true)
-        .build();
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(media_engine)
-        .with_setting_engine(setting_engine)
-        .build(now)
-        .unwrap();
-    let host = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".into(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .unwrap();
-    pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().unwrap())
-        .unwrap();
-    pc.add_local_candidate(RTCIceCandidateInit::default())
-        .unwrap();
+    let (addr, pc) = support::client_peer(now, port);
     Client {
         addr,
         pc,
