@@ -44,15 +44,11 @@ use recorder::consult::{
     TappedTrack,
 };
 use recorder::sealed::MasterKey;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu::tap::Tap;
@@ -542,40 +538,7 @@ fn main() {
         )
         .unwrap();
     let mut c = client(net.now, 40_000);
-    let track = MediaStreamTrack::new(
-        "stream".into(),
-        "camera-track".into(),
-        "camera".into(),
-        RtpCodecKind::Video,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(net.ssrc),
-                ..Default::default()
-            },
-            codec: RTCRtpCodec {
-                mime_type: "video/VP8".into(),
-                clock_rate: 90_000,
-                channels: 0,
-                sdp_fmtp_line: String::new(),
-                rtcp_feedback: vec![],
-            },
-            ..Default::default()
-        }],
-    );
-    let sender = c.pc.add_track(track).unwrap();
-    let offer = c.pc.create_offer(None).unwrap();
-    c.pc.set_local_description(net.now, offer.clone()).unwrap();
-    let answer = net
-        .router
-        .publish_offer(
-            net.now,
-            publisher,
-            offer.sdp,
-            vec![("camera-track".into(), TrackSource::Camera)],
-        )
-        .unwrap();
-    c.pc.set_remote_description(net.now, RTCSessionDescription::answer(answer.sdp).unwrap())
-        .unwrap();
+    let sender = support::publish_vp8(&mut net.router, &mut c.pc, net.now, publisher, net.ssrc);
     net.payload_type =
         c.pc.rtp_sender(sender)
             .unwrap()

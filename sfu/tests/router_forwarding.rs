@@ -3,16 +3,12 @@
 //! socket, no sleep, no thread.
 
 use bytes::{Bytes, BytesMut};
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu::tap::Tap;
@@ -46,16 +42,6 @@ fn client(now: Instant, port: u16) -> Client {
         chat: Vec::new(),
         connected: false,
         chat_channel: None,
-    }
-}
-
-fn vp8() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: "video/VP8".into(),
-        clock_rate: 90_000,
-        channels: 0,
-        sdp_fmtp_line: String::new(),
-        rtcp_feedback: vec![],
     }
 }
 
@@ -206,34 +192,7 @@ impl Net {
     fn publish_video(&mut self, id: ParticipantId, port: u16) -> (usize, RTCRtpSenderId, u32) {
         let mut c = client(self.now, port);
         let ssrc = 0x1234_5678;
-        let track = MediaStreamTrack::new(
-            "stream".into(),
-            "camera-track".into(),
-            "camera".into(),
-            RtpCodecKind::Video,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: vp8(),
-                ..Default::default()
-            }],
-        );
-        let sender = c.pc.add_track(track).unwrap();
-        let offer = c.pc.create_offer(None).unwrap();
-        c.pc.set_local_description(self.now, offer.clone()).unwrap();
-        let answer = self
-            .router
-            .publish_offer(
-                self.now,
-                id,
-                offer.sdp,
-                vec![("camera-track".into(), TrackSource::Camera)],
-            )
-            .unwrap();
-        c.pc.set_remote_description(self.now, RTCSessionDescription::answer(answer.sdp).unwrap())
-            .unwrap();
+        let sender = support::publish_vp8(&mut self.router, &mut c.pc, self.now, id, ssrc);
         self.clients.push(c);
         (self.clients.len() - 1, sender, ssrc)
     }

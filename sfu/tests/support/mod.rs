@@ -1,13 +1,20 @@
 //! What the router's deterministic test and the tap benchmark both need: a client peer
-//! connection at a virtual loopback address. (Shared by `mod support;` in the tests and
-//! `#[path]` in the bench.)
+//! connection at a virtual loopback address, and publishing a VP8 camera track through the
+//! router. (Shared by `mod support;` in the tests and `#[path]` in the bench.)
 
+use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use sfu::{ParticipantId, Router, TrackSource};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -42,4 +49,49 @@ pub fn client_peer(now: Instant, port: u16) -> (SocketAddr, RTCPeerConnection) {
     pc.add_local_candidate(RTCIceCandidateInit::default())
         .unwrap();
     (addr, pc)
+}
+
+/// Offers one VP8 camera track (`camera-track`, SSRC `ssrc`) from `pc` as `publisher`'s
+/// publisher connection and applies the router's answer; returns the track's sender.
+pub fn publish_vp8(
+    router: &mut Router,
+    pc: &mut RTCPeerConnection,
+    now: Instant,
+    publisher: ParticipantId,
+    ssrc: u32,
+) -> RTCRtpSenderId {
+    let track = MediaStreamTrack::new(
+        "stream".into(),
+        "camera-track".into(),
+        "camera".into(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            },
+            ..Default::default()
+        }],
+    );
+    let sender = pc.add_track(track).unwrap();
+    let offer = pc.create_offer(None).unwrap();
+    pc.set_local_description(now, offer.clone()).unwrap();
+    let answer = router
+        .publish_offer(
+            now,
+            publisher,
+            offer.sdp,
+            vec![("camera-track".into(), TrackSource::Camera)],
+        )
+        .unwrap();
+    pc.set_remote_description(now, RTCSessionDescription::answer(answer.sdp).unwrap())
+        .unwrap();
+    sender
 }
