@@ -478,6 +478,50 @@ mod tests {
     }
 
     #[test]
+    fn mllp_listening_is_tls_or_loopback_unless_insecure() {
+        let s = settings(&["--mllp-listen", "127.0.0.1:2575"]).unwrap();
+        assert!(matches!(
+            s.source,
+            SourceSpec::Mllp(MllpSpec { tls: None, .. })
+        ));
+        assert!(matches!(
+            settings(&["--mllp-listen", "0.0.0.0:2575"]),
+            Err(AgentError::Usage(m)) if m.contains("--mllp-insecure")
+        ));
+        assert!(settings(&["--mllp-listen", "0.0.0.0:2575", "--mllp-insecure"]).is_ok());
+        let tls = [
+            "--mllp-listen",
+            "0.0.0.0:2575",
+            "--mllp-tls-cert",
+            "c.pem",
+            "--mllp-tls-key",
+            "k.pem",
+        ];
+        assert!(matches!(
+            settings(&tls).unwrap().source,
+            SourceSpec::Mllp(MllpSpec { tls: Some(_), .. })
+        ));
+        assert!(matches!(
+            settings(&["--mllp-listen", "127.0.0.1:2575", "--rate", "500"]),
+            Err(AgentError::Usage(_))
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "x",
+                "--gateway",
+                "ws://h",
+                "--token",
+                "t",
+                "--simulate",
+                "--mllp-listen",
+                "127.0.0.1:1"
+            ])
+            .is_err(),
+            "one input"
+        );
+    }
+
+    #[test]
     fn edf_and_dicom_files_are_known_by_name_or_format() {
         let s = settings(&["--source", "a/ecg.EDF"]).unwrap();
         assert!(matches!(s.source, SourceSpec::Edf(p) if p == std::path::Path::new("a/ecg.EDF")));
