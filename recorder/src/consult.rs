@@ -470,6 +470,8 @@ struct TrackRecording {
     dirty: bool,
     /// The last frame, written when the next one comes (see [`TrackRecording::take`]).
     held: Option<Frame>,
+    /// Whether a packet has come: the file's time 0 (the track is announced before).
+    started: bool,
 }
 
 impl TrackRecording {
@@ -881,6 +883,7 @@ impl Worker {
                 frames: 0,
                 dirty: false,
                 held: None,
+                started: false,
             },
         );
         self.taps.insert(t.tap, t.room.clone());
@@ -888,16 +891,31 @@ impl Worker {
     }
 
     fn packet(&mut self, p: &TappedPacket) {
-        let Some(track) = self
+        let Some(active) = self
             .taps
             .get(&p.tap)
             .and_then(|room| self.rooms.get_mut(room))
-            .and_then(|a| a.tracks.get_mut(&p.tap))
         else {
+            return;
+        };
+        let started_ms = active.started_ms;
+        let Some(track) = active.tracks.get_mut(&p.tap) else {
             return;
         };
         if p.payload_type != track.payload_type {
             return; // retransmissions and other codecs of the track are not recorded
+        }
+        if !track.started {
+            // The file's time 0 is the first packet (its frames' times count from it): the
+            // track starts then, not when it was announced, so that tracks replay in sync.
+            track.started = true;
+            track.start_offset_ms = now_ms() - started_ms;
+            if let Err(e) = self
+                .index
+                .set_track_start(&track.track, track.start_offset_ms)
+            {
+                warn!(track = %track.track.track_id, "a track's start cannot be indexed: {e}");
+            }
         }
         let _ = track.depacketizer.push(&RtpPacket {
             payload: &p.payload,

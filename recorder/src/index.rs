@@ -826,6 +826,27 @@ impl Index {
         Ok(())
     }
 
+    /// Moves a running track's start to when its media actually began (a track is announced
+    /// before its first packet), in milliseconds from the recording's start.
+    pub fn set_track_start(
+        &mut self,
+        track: &TrackRef,
+        start_offset_ms: i64,
+    ) -> Result<(), IndexError> {
+        if start_offset_ms < 0 {
+            return Err(IndexError::Invalid("a start offset is not negative".into()));
+        }
+        let changed = self.conn.execute(
+            "UPDATE tracks SET start_offset_ms = ?3
+             WHERE recording_id = ?1 AND track_id = ?2 AND state = 'recording'",
+            (&track.recording_id, &track.track_id, start_offset_ms),
+        )?;
+        if changed == 0 {
+            return Err(track_not_running(&self.conn, track)?);
+        }
+        Ok(())
+    }
+
     /// Finishes a track: its end offset, final size and checksum, and final `state`
     /// (`complete`, or `recovered` / `failed` from the recovery step). Set the final frame
     /// and loss counts with [`Index::update_track_progress`] first.
@@ -1469,6 +1490,14 @@ mod tests {
         index
             .add_participant_event(&joined(id, "pat-wang", "patient", T0 + 6_000))
             .expect("wang rejoins");
+        // Its media began 5 ms after it was announced.
+        index
+            .set_track_start(&track_ref(id, "li-video"), 25)
+            .expect("start");
+        assert!(matches!(
+            index.set_track_start(&track_ref(id, "li-video"), -1),
+            Err(IndexError::Invalid(_))
+        ));
         index
             .update_track_progress(&track_ref(id, "li-video"), 100, 10, 0)
             .expect("progress");
@@ -1529,7 +1558,7 @@ mod tests {
                 codec: "vp8".to_owned(),
                 file: format!("recordings/{id}/li-video.webm"),
                 container: Container::Webm,
-                start_offset_ms: 20,
+                start_offset_ms: 25,
                 ended_offset_ms: Some(9_990),
                 bytes: 2_000,
                 frames: 300,
