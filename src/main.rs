@@ -38,6 +38,22 @@ enum Command {
     /// Check or search the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Put rooms of WebRTC publishers and subscribers on an SFU (medrelay or Janus) and
+    /// measure what it forwards and the latency it adds.
+    Load(LoadArgs),
+}
+
+/// `medrelay load …`.
+#[derive(clap::Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    scenario: loadgen::Scenario,
+    /// The medrelay server's data directory, whose signing key makes the room tokens.
+    #[arg(long, env = "MEDRELAY_DATA_DIR", default_value = "medrelay-data")]
+    data_dir: PathBuf,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// `medrelay audit …`.
@@ -159,14 +175,20 @@ const SIGNING_KEY_BYTES: usize = 32;
 const API_KEY_BYTES: usize = 24;
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The load generator's hundreds of peers would drown its progress in state changes.
+    let default_filter = match cli.command {
+        Command::Load(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MEDRELAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve(args) => {
             let config = args.resolve()?;
             tokio::runtime::Builder::new_multi_thread()
@@ -176,6 +198,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Ambulance(args) => Ok(ambulance_gateway::agent::run(args)?),
         Command::Audit(command) => audit(command),
+        Command::Load(args) => load(args),
         Command::Token(args) => {
             let secret = secrets::load_or_create(&args.data_dir, "signing.key", SIGNING_KEY_BYTES)
                 .with_context(|| {
@@ -200,6 +223,38 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let mint: loadgen::TokenMinter = match args.scenario.sfu {
+        loadgen::Sfu::Medrelay => {
+            let secret = secrets::load_or_create(&args.data_dir, "signing.key", SIGNING_KEY_BYTES)
+                .with_context(|| {
+                    format!("reading the signing key in {}", args.data_dir.display())
+                })?;
+            let keys = TokenKeys::new(&hex::decode(secret)?);
+            Arc::new(move |room, identity, publishes| {
+                let role = if publishes {
+                    Role::Clinic
+                } else {
+                    Role::Observer
+                };
+                let ttl = Duration::from_secs(24 * 3600);
+                keys.issue(&Scope::room(room), identity, role, ttl, SystemTime::now())
+            })
+        }
+        loadgen::Sfu::Janus => Arc::new(|_, _, _| String::new()),
+    };
+    let summary = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(loadgen::run(&args.scenario, mint))?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    println!("{json}");
+    if let Some(path) = args.json {
+        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
