@@ -175,9 +175,27 @@ fn source_address(n: usize) -> IpAddr {
     ))
 }
 
+/// An edge of the measured window, for a caller that samples the server around it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Measuring starts (everyone joined, warm-up over).
+    Start,
+    /// Measuring ends (before anyone leaves).
+    End,
+}
+
 /// Runs `scenario` and returns what it measured. `mint` makes medrelay tokens (unused for
 /// Janus).
 pub async fn run(scenario: &Scenario, mint: TokenMinter) -> Result<Summary, LoadError> {
+    run_observed(scenario, mint, |_| {}).await
+}
+
+/// [`run`], calling `window` when the measured window starts and ends.
+pub async fn run_observed(
+    scenario: &Scenario,
+    mint: TokenMinter,
+    mut window: impl FnMut(Window),
+) -> Result<Summary, LoadError> {
     let spec = ClipSpec {
         video_kbps: scenario.video_kbps,
         ..ClipSpec::default()
@@ -259,10 +277,12 @@ pub async fn run(scenario: &Scenario, mint: TokenMinter) -> Result<Summary, Load
         warn!(error = %e, "a participant failed");
     }
     let _ = meter.take_window();
+    window(Window::Start);
     let start = Snapshot::of(&meter);
     let before = meter.total();
     tokio::time::sleep(scenario.duration).await;
     let end = Snapshot::of(&meter);
+    window(Window::End);
     let mut latencies = meter.total();
     latencies.subtract(&before).expect("same bounds");
     let _ = stop_tx.send(true);
