@@ -10,6 +10,10 @@ use crate::clip::{Clip, Kind};
 use crate::stats::{Meter, SendLog, SequenceTracker};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
+use nix::sys::time::TimeSpec;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -31,10 +35,13 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TransportContext, TransportMessage, TransportProtocol};
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
@@ -43,6 +50,40 @@ use tracing::debug;
 const READ_BATCH: usize = 32;
 /// A task merges its latencies into the meter at least this often.
 const MERGE_EVERY: Duration = Duration::from_millis(250);
+
+/// Reads one waiting datagram with the kernel's receive time (ns since the Unix epoch).
+fn try_recv(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<u64>)> {
+    socket.try_io(Interest::READABLE, || {
+        let mut iov = [IoSliceMut::new(buf)];
+        let mut space = nix::cmsg_space!(TimeSpec);
+        let message = recvmsg::<SockaddrStorage>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .map_err(std::io::Error::from)?;
+        let at = message.cmsgs().ok().and_then(|mut cmsgs| {
+            cmsgs.find_map(|c| match c {
+                ControlMessageOwned::ScmTimestampns(ts) => {
+                    Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+                }
+                _ => None,
+            })
+        });
+        let from = message
+            .address
+            .and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+            })
+            .ok_or_else(|| std::io::Error::other("a datagram without an IPv4 source"))?;
+        Ok((message.bytes, from, at))
+    })
+}
 
 /// Why a peer could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +144,9 @@ impl ClientPeer {
     /// TWCC feedback, as a browser has) on a new socket at 127.0.0.1.
     pub async fn new(now: Instant) -> Result<Self, PeerError> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        // The kernel stamps each datagram as it reaches the socket: latency is measured to
+        // the subscriber's socket, not to when this process got round to reading it.
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &true).map_err(std::io::Error::from)?;
         let local = socket.local_addr()?;
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
@@ -230,13 +274,19 @@ impl ClientPeer {
             }
             deadline = deadline.min(receiving.next_merge);
             tokio::select! {
-                read = self.socket.recv_from(&mut buf) => {
-                    let now = Instant::now();
-                    if let Ok((n, from)) = read {
-                        self.feed(now, from, &buf[..n]);
-                        for _ in 1..READ_BATCH {
-                            match self.socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => self.feed(now, from, &buf[..n]),
+                ready = self.socket.readable() => {
+                    if ready.is_ok() {
+                        let now = Instant::now();
+                        for _ in 0..READ_BATCH {
+                            match try_recv(&self.socket, &mut buf) {
+                                Ok((n, from, kernel_ns)) => {
+                                    self.feed(now, from, &buf[..n]);
+                                    let at = kernel_ns.map_or_else(
+                                        || receiving.timing.meter.wall_ns(),
+                                        |ns| receiving.timing.meter.since_start(ns),
+                                    );
+                                    self.read_media(&mut receiving, at);
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -299,6 +349,15 @@ impl ClientPeer {
         }
     }
 
+    /// Takes the RTP packets the last datagram gave, received at `at_ns`.
+    fn read_media(&mut self, receiving: &mut Receiving, at_ns: u64) {
+        while let Some(message) = self.pc.poll_read() {
+            if let RTCMessage::RtpPacket(track_id, packet) = message.message {
+                receiving.on_rtp(at_ns, &track_id, &packet);
+            }
+        }
+    }
+
     /// Handles the peer connection's events and received packets, then sends its output.
     async fn drain(&mut self, receiving: &mut Receiving) {
         while let Some(event) = self.pc.poll_event() {
@@ -316,11 +375,8 @@ impl ClientPeer {
                 }
             }
         }
-        while let Some(message) = self.pc.poll_read() {
-            if let RTCMessage::RtpPacket(track_id, packet) = message.message {
-                receiving.on_rtp(message.now, &track_id, &packet);
-            }
-        }
+        let now = receiving.timing.meter.wall_ns();
+        self.read_media(receiving, now);
         while let Some(out) = self.pc.poll_write() {
             let _ = self
                 .socket
@@ -433,7 +489,7 @@ impl Pacer {
                         .map_or(0, |c| c.payload_type)
                 });
                 let frame = &clip.frames[t.frame];
-                let at = meter.ns(now);
+                let at = meter.wall_ns();
                 let last = frame.payloads.len() - 1;
                 for (i, payload) in frame.payloads.iter().enumerate() {
                     let mut packet = rtc::rtp::Packet::default();
@@ -470,7 +526,7 @@ struct Receiving {
 }
 
 impl Receiving {
-    fn on_rtp(&mut self, at: Instant, track_id: &str, packet: &rtc::rtp::Packet) {
+    fn on_rtp(&mut self, received: u64, track_id: &str, packet: &rtc::rtp::Packet) {
         let meter = &self.timing.meter;
         meter.received_packets.fetch_add(1, Ordering::Relaxed);
         meter
@@ -493,7 +549,6 @@ impl Receiving {
         let Some(sent) = log.sent_at(kind, index) else {
             return;
         };
-        let received = meter.ns(at);
         if received >= sent {
             let _ = self
                 .latencies

@@ -5,13 +5,13 @@ use crate::clip::{Clip, Kind};
 use hdrhistogram::Histogram;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Latencies above this (in µs) are clamped into the histogram's top bucket.
 const MAX_LATENCY_US: u64 = 60_000_000;
 
-/// When one publisher last sent each packet of the clip, in ns since the run's epoch
-/// (0: never). The clip loops every several seconds, so a slot is overwritten long after any
+/// When one publisher last sent each packet of the clip, in wall-clock ns since the run's
+/// start (0: never). The clip loops every several seconds, so a slot is overwritten long after any
 /// subscriber received its packet.
 #[derive(Debug)]
 pub struct SendLog {
@@ -54,8 +54,11 @@ impl SendLog {
 /// The run's shared counters and latency histograms.
 #[derive(Debug)]
 pub struct Meter {
-    /// The instant all `*_ns` times count from.
+    /// The instant the run started.
     pub epoch: Instant,
+    /// The same instant on the wall clock, ns since the Unix epoch: all `*_ns` times count
+    /// from it.
+    wall_epoch_ns: u64,
     /// RTP packets written by publishers.
     pub sent_packets: AtomicU64,
     /// RTP packets subscribers received (after SRTP).
@@ -80,6 +83,7 @@ impl Meter {
         let histogram = || Histogram::new_with_max(MAX_LATENCY_US, 3).expect("valid bounds");
         Self {
             epoch: Instant::now(),
+            wall_epoch_ns: unix_ns(SystemTime::now()),
             sent_packets: AtomicU64::new(0),
             received_packets: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
@@ -92,9 +96,15 @@ impl Meter {
         }
     }
 
-    /// `at` in ns since the epoch.
-    pub fn ns(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    /// The wall clock (the clock the kernel stamps received datagrams with) in ns since the
+    /// Unix epoch, minus the run's start.
+    pub fn wall_ns(&self) -> u64 {
+        self.since_start(unix_ns(SystemTime::now()))
+    }
+
+    /// `unix_ns` (ns since the Unix epoch) in ns since the run's start.
+    pub fn since_start(&self, unix_ns: u64) -> u64 {
+        unix_ns.saturating_sub(self.wall_epoch_ns)
     }
 
     /// A histogram for one task to fill and [`Meter::merge`] from time to time.
@@ -130,6 +140,11 @@ impl Default for Meter {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Tracks one received RTP stream's sequence numbers to count gaps.
