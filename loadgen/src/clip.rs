@@ -331,3 +331,49 @@ fn read_ogg(path: &Path, fingerprints: &mut Fingerprints) -> Result<ClipTrack, C
         packets,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clip_made_by_ffmpeg_is_paced_and_every_payload_found_again() {
+        let dir = std::env::temp_dir().join(format!("loadgen-clip-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = ClipSpec {
+            width: 320,
+            height: 240,
+            fps: 30,
+            video_kbps: 300,
+            seconds: 2,
+        };
+        let clip = Clip::make(&dir, spec).expect("ffmpeg makes the clip");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(clip.video.frames.len(), 60);
+        assert_eq!(clip.video.timestamp_step, 3_000);
+        // 20 ms Opus packets, one per Ogg page (the encoder's pre-skip may add one).
+        assert!((100..=101).contains(&clip.audio.frames.len()));
+        for track in [&clip.video, &clip.audio] {
+            let mut index = 0;
+            for frame in &track.frames {
+                assert_eq!(frame.first_packet, index);
+                for payload in &frame.payloads {
+                    assert!(payload.len() <= MTU);
+                    if let Some(found) = clip.fingerprints.lookup(payload) {
+                        assert_eq!(found, (track.kind, index));
+                    }
+                    index += 1;
+                }
+            }
+            assert_eq!(index, track.packets);
+        }
+        // Almost every payload can be timed.
+        let total = (clip.video.packets + clip.audio.packets) as usize;
+        assert!(
+            clip.fingerprints.ambiguous() * 100 < total,
+            "{} ambiguous",
+            clip.fingerprints.ambiguous()
+        );
+        assert_eq!(clip.fingerprints.lookup(b"not in the clip"), None);
+    }
+}

@@ -33,7 +33,7 @@ ip link set lo up 2>/dev/null || true
 
 # --- 2. settings ------------------------------------------------------------------------------
 FILE_TIMEOUT=${E2E_FILE_TIMEOUT:-300}   # seconds for one node test file
-PYTEST_TIMEOUT=${E2E_PYTEST_TIMEOUT:-420} # seconds for the whole pytest run
+PYTEST_TIMEOUT=${E2E_PYTEST_TIMEOUT:-600} # seconds for the whole pytest run
 TEST_TIMEOUT_MS=${E2E_TEST_TIMEOUT_MS:-120000}
 export E2E_ARTIFACTS=${E2E_ARTIFACTS:-$ROOT/target/e2e-artifacts}
 export MEDRELAY_BIN=${MEDRELAY_BIN:-$ROOT/target/debug/medrelay}
