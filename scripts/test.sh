@@ -5,7 +5,7 @@
 #
 #   1. installs what the tests need, quickly when it is already there: Debian's chromium,
 #      chromium-driver, ffmpeg, python3-venv, iproute2 (ip netns for the link-cut test), openssl
-#      (test certificates); a Python venv .venv-test with aiortc
+#      (test certificates), coturn (the TURN relay test); a Python venv .venv-test with aiortc
 #      and pytest (tests/e2e/requirements.txt); playwright-core and ws in tests/e2e (npm ci);
 #   2. runs `cargo test --workspace`;
 #   3. builds `cargo build --bin medrelay`;
@@ -57,7 +57,7 @@ apt_get() {
 if [[ ${SKIP_INSTALL:-} != 1 ]]; then
   section "1. install test dependencies"
 
-  APT_PKGS=(chromium chromium-driver ffmpeg python3-venv iproute2 openssl)
+  APT_PKGS=(chromium chromium-driver ffmpeg python3-venv iproute2 openssl coturn)
   missing=()
   for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -69,7 +69,7 @@ if [[ ${SKIP_INSTALL:-} != 1 ]]; then
   else
     echo "apt: ${APT_PKGS[*]} already installed"
   fi
-  for tool in chromium ffmpeg ip unshare timeout node npm python3 openssl; do
+  for tool in chromium ffmpeg ip unshare timeout node npm python3 openssl turnserver; do
     command -v "$tool" >/dev/null || { echo "missing tool after install: $tool" >&2; exit 1; }
   done
 

@@ -5,6 +5,7 @@ use clap::Args;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Flags (and their environment variables) of `medrelay serve`.
 #[derive(Debug, Default, Args)]
@@ -52,6 +53,16 @@ pub struct ServeArgs {
     /// [default: DATA_DIR/master.key, created for a new data directory].
     #[arg(long, env = "MEDRELAY_MASTER_KEY")]
     pub master_key: Option<PathBuf>,
+    /// TURN server URLs given to every participant with short-lived credentials, e.g.
+    /// `turn:turn.example.org:3478?transport=tcp` (comma-separated) [default: none].
+    #[arg(long, env = "MEDRELAY_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`).
+    #[arg(long, env = "MEDRELAY_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// How long a participant's TURN credential is valid [default: 12h].
+    #[arg(long, env = "MEDRELAY_TURN_TTL", value_parser = humantime::parse_duration)]
+    pub turn_ttl: Option<Duration>,
     /// Days consult recordings, telemetry records and audit entries are kept after they end
     /// [default: 5479, 15 years].
     #[arg(long, env = "MEDRELAY_RETENTION_DAYS")]
@@ -76,6 +87,9 @@ struct FileConfig {
     mllp_tls: Option<bool>,
     master_key: Option<PathBuf>,
     retention: Option<recorder::index::Retention>,
+    turn_urls: Option<Vec<String>>,
+    turn_secret: Option<String>,
+    turn_ttl_seconds: Option<u64>,
 }
 
 /// How HTTPS is provided.
@@ -106,6 +120,8 @@ pub struct ServeConfig {
     pub master_key: (PathBuf, bool),
     /// Retention per kind of record.
     pub retention: recorder::index::Retention,
+    /// TURN servers and their credentials, if configured.
+    pub turn: Option<signaling::turn::TurnConfig>,
 }
 
 /// Why the configuration cannot be used.
@@ -137,6 +153,10 @@ pub enum ConfigError {
     MllpTlsWithoutCertificate,
     #[error("give either --tls-cert/--tls-key or --tls-self-signed, not both")]
     TwoTlsSources,
+    #[error(
+        "--turn-urls needs --turn-secret (the TURN server's static-auth-secret), and the other way round"
+    )]
+    TurnHalfConfigured,
 }
 
 impl ServeArgs {
@@ -188,7 +208,25 @@ impl ServeArgs {
         {
             return Err(ConfigError::PlainMllpOutsideLoopback(addr));
         }
+        let turn_urls = if self.turn_urls.is_empty() {
+            file.turn_urls.unwrap_or_default()
+        } else {
+            self.turn_urls
+        };
+        let turn = match (turn_urls.is_empty(), self.turn_secret.or(file.turn_secret)) {
+            (true, None) => None,
+            (false, Some(secret)) if !secret.is_empty() => Some(signaling::turn::TurnConfig {
+                urls: turn_urls,
+                secret: secret.into_bytes(),
+                ttl: self
+                    .turn_ttl
+                    .or(file.turn_ttl_seconds.map(Duration::from_secs))
+                    .unwrap_or(Duration::from_secs(12 * 3600)),
+            }),
+            _ => return Err(ConfigError::TurnHalfConfigured),
+        };
         Ok(ServeConfig {
+            turn,
             listen,
             media_port: self.media_port.or(file.media_port).unwrap_or(50000),
             announce_ip: self.announce_ip.or(file.announce_ip),
@@ -221,6 +259,38 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turn_needs_both_urls_and_secret() {
+        let urls = || vec!["turn:127.0.0.1:3478?transport=tcp".to_owned()];
+        let only_urls = ServeArgs {
+            turn_urls: urls(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            only_urls.resolve(),
+            Err(ConfigError::TurnHalfConfigured)
+        ));
+        let only_secret = ServeArgs {
+            turn_secret: Some("s".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            only_secret.resolve(),
+            Err(ConfigError::TurnHalfConfigured)
+        ));
+        let both = ServeArgs {
+            turn_urls: urls(),
+            turn_secret: Some("s".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let turn = both.turn.expect("TURN configured");
+        assert_eq!(turn.urls, urls());
+        assert_eq!(turn.ttl, Duration::from_secs(12 * 3600));
+        assert!(ServeArgs::default().resolve().unwrap().turn.is_none());
+    }
 
     #[test]
     fn defaults_bind_loopback_without_tls() {

@@ -295,6 +295,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         api_key,
         sfu,
         Arc::new(recording::Records(recorder.clone())),
+        config.turn.clone(),
     );
     tokio::spawn(signaling::dispatch(state.clone(), events));
     recording::forward_events(&recorder, state.clone());

@@ -16,6 +16,7 @@ pub mod records;
 pub mod registry;
 mod session;
 pub mod token;
+pub mod turn;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
@@ -53,6 +54,8 @@ pub struct AppState {
     pub records: Arc<dyn records::ConsultRecords>,
     /// Serializes starting and stopping recordings.
     recording_lock: tokio::sync::Mutex<()>,
+    /// TURN servers given to every participant, if any.
+    pub turn: Option<turn::TurnConfig>,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
         api_key: String,
         sfu: SfuHandle,
         records: Arc<dyn records::ConsultRecords>,
+        turn: Option<turn::TurnConfig>,
     ) -> Arc<Self> {
         let registry = Arc::new(Registry::default());
         Arc::new(Self {
@@ -73,6 +77,7 @@ impl AppState {
             join_limiter: JoinLimiter::default(),
             records,
             recording_lock: tokio::sync::Mutex::new(()),
+            turn,
         })
     }
 }

@@ -118,6 +118,9 @@ pub enum ServerMessage {
         participants: Vec<ParticipantView>,
         /// The room's recording in progress, if it is being recorded.
         recording: Option<RecordingStatus>,
+        /// TURN servers with this participant's short-lived credentials (empty without
+        /// TURN): the page's `RTCConfiguration.iceServers`.
+        ice_servers: Vec<crate::turn::IceServer>,
     },
     /// The room's recording started (`on: true`, with its status) or stopped.
     Recording {

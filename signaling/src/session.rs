@@ -288,6 +288,7 @@ async fn join(
         warn!("a room recorded from the start could not start recording: {e}");
     }
     let recording = state.registry.recording(room);
+    let view_id = view.id;
     Ok((
         me,
         ServerMessage::Joined {
@@ -295,6 +296,11 @@ async fn join(
             room: room.to_owned(),
             participants: others,
             recording,
+            ice_servers: state
+                .turn
+                .iter()
+                .map(|t| t.credentials(&view_id.to_string(), std::time::SystemTime::now()))
+                .collect(),
         },
     ))
 }

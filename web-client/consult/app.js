@@ -124,6 +124,10 @@ const session = {
   screen: null,
   /** @type {QualityMonitor | null} */
   monitor: null,
+  /** Use only the TURN relay (`#relay=1`). */
+  relayOnly: false,
+  /** @type {{iceServers: RTCIceServer[], relayOnly: boolean}} ICE settings from `joined` */
+  ice: { iceServers: [], relayOnly: false },
 };
 
 const tiles = new TileGrid($('tiles'), {
@@ -189,6 +193,9 @@ function main() {
   const params = new URLSearchParams(location.hash.slice(1));
   const room = params.get('room');
   const token = params.get('token');
+  // `relay=1`: reach the server only through the TURN relay (a firewall that allows
+  // nothing else).
+  session.relayOnly = params.get('relay') === '1';
   if (!room || !token) {
     setLabelledError('missing_parameters', 'error.missingParams');
     state.phase = 'failed';
@@ -252,7 +259,9 @@ function onJoined(msg) {
   state.room = msg.room;
   state.recording = msg.recording ?? null;
   for (const p of msg.participants ?? []) state.remote.set(p.id, p);
+  session.ice = { iceServers: msg.ice_servers ?? [], relayOnly: session.relayOnly };
   session.subscriber = new SubscriberPeer({
+    ice: session.ice,
     onChatChannel: (channel) => chat.attach(channel),
     onStateChange: () => session.monitor?.refresh(),
   });
@@ -315,6 +324,7 @@ async function startPublishing() {
   if (notice) state.notice = { key: notice };
   tiles.setLocal(state.self, stream);
   session.publisher = new PublisherPeer({
+    ice: session.ice,
     send: (type, fields) => session.signaling.send(type, fields),
     onRejected: (ids) => {
       state.notice = { key: 'notice.rejected', params: { tracks: ids.join(', ') } };

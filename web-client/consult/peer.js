@@ -32,13 +32,24 @@ import { mediaSections } from './sdp.js';
 /** How long the server gets to answer a `publish_offer`. */
 const PUBLISH_ANSWER_TIMEOUT_MS = 10_000;
 
-const PC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
+/**
+ * The peer connections' configuration.
+ * @param {{iceServers?: RTCIceServer[], relayOnly?: boolean}} ice the TURN servers (with our
+ *   short-lived credentials, from `joined`) and whether to use nothing but them
+ * @returns {RTCConfiguration}
+ */
+const pcConfig = ({ iceServers = [], relayOnly = false } = {}) => ({
+  iceServers,
+  iceTransportPolicy: relayOnly ? 'relay' : 'all',
+  bundlePolicy: 'max-bundle',
+  rtcpMuxPolicy: 'require',
+});
 
 const trackKey = (streamId, trackId) => `${streamId} ${trackId}`;
 
 export class SubscriberPeer {
   /** @type {RTCPeerConnection} */
-  pc = new RTCPeerConnection(PC_CONFIG);
+  pc;
   /** RemoteTracks of the latest offer (minus departed participants), by "stream_id track_id". */
   #tracks = new Map();
   /** Media sections of the latest offer, by mid. */
@@ -50,8 +61,10 @@ export class SubscriberPeer {
    * @param {object} handlers
    * @param {(channel: RTCDataChannel) => void} handlers.onChatChannel the server's `chat` channel
    * @param {() => void} handlers.onStateChange the connection state changed
+   * @param {{iceServers?: RTCIceServer[], relayOnly?: boolean}} [handlers.ice] see pcConfig
    */
-  constructor({ onChatChannel, onStateChange }) {
+  constructor({ onChatChannel, onStateChange, ice }) {
+    this.pc = new RTCPeerConnection(pcConfig(ice));
     this.pc.ontrack = (event) => {
       this.#onTrackIds.set(event.transceiver, { streamId: event.streams[0]?.id ?? null, trackId: event.track.id });
     };
@@ -155,7 +168,7 @@ export class SubscriberPeer {
 
 export class PublisherPeer {
   /** @type {RTCPeerConnection} */
-  pc = new RTCPeerConnection(PC_CONFIG);
+  pc;
   /** The source of every transceiver we added. */
   #sources = new Map();
   /** The announced `track_id` of every source published by the last accepted offer. */
@@ -174,8 +187,10 @@ export class PublisherPeer {
    * @param {(trackIds: string[]) => void} deps.onRejected the server refused these tracks
    * @param {(err: Error) => void} deps.onError a negotiation failed (it was rolled back)
    * @param {() => void} deps.onStateChange the connection state changed
+   * @param {{iceServers?: RTCIceServer[], relayOnly?: boolean}} [deps.ice] see pcConfig
    */
-  constructor({ send, onRejected, onError, onStateChange }) {
+  constructor({ send, onRejected, onError, onStateChange, ice }) {
+    this.pc = new RTCPeerConnection(pcConfig(ice));
     this.#send = send;
     this.#onRejected = onRejected;
     this.#onError = onError;
