@@ -184,6 +184,35 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Datagrams the kernel dropped at a process's UDP sockets because their receive buffers were
+/// full: the `drops` column of `/proc/PID/net/udp` for the sockets among `/proc/PID/fd`.
+fn socket_drops(pid: u32) -> u64 {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    std::fs::read_to_string(format!("/proc/{pid}/net/udp"))
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode = fields.get(9)?;
+            inodes
+                .contains(*inode)
+                .then(|| fields.last()?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 /// One run's figures.
 #[derive(Debug, Clone, Copy, Default)]
 struct Figures {
@@ -196,6 +225,7 @@ struct Figures {
     max_us: f64,
     rss_kib_per_subscriber: f64,
     lost: f64,
+    server_drops: f64,
 }
 
 fn measure(
@@ -218,9 +248,13 @@ fn measure(
             scenario,
             server.minter(),
             move |edge| {
-                seen.lock()
-                    .unwrap()
-                    .push((edge, Instant::now(), cpu_seconds(pid), rss_kib(pid)));
+                seen.lock().unwrap().push((
+                    edge,
+                    Instant::now(),
+                    cpu_seconds(pid),
+                    rss_kib(pid),
+                    socket_drops(pid),
+                ));
             },
         ))
         .unwrap_or_else(|e| panic!("{sfu:?} run failed: {e}"));
@@ -252,6 +286,7 @@ fn measure(
         max_us: summary.latency.max_us as f64,
         rss_kib_per_subscriber: end.3.saturating_sub(idle_rss) as f64 / receivers as f64,
         lost: summary.lost_packets as f64,
+        server_drops: end.4 as f64,
     }
 }
 
@@ -280,6 +315,7 @@ fn medians(runs: &[Figures]) -> Figures {
         max_us: m(|f| f.max_us),
         rss_kib_per_subscriber: m(|f| f.rss_kib_per_subscriber),
         lost: m(|f| f.lost),
+        server_drops: m(|f| f.server_drops),
     }
 }
 
@@ -346,7 +382,7 @@ fn main() {
                 .map(|i| {
                     let f = measure(sfu, &scenario, &o, &runtime);
                     eprintln!(
-                        "{name} {sfu:?} run {}: {:.0} pkt/s forwarded ({:.0} expected), {:.2} cores, {:.2} µs/pkt, latency p50 {:.0} p99 {:.0} max {:.0} µs, {:.0} KiB/subscriber, lost {:.0}",
+                        "{name} {sfu:?} run {}: {:.0} pkt/s forwarded ({:.0} expected), {:.2} cores, {:.2} µs/pkt, latency p50 {:.0} p99 {:.0} max {:.0} µs, {:.0} KiB/subscriber, lost {:.0} (dropped at the server's sockets {:.0})",
                         i + 1,
                         f.forwarded_pps,
                         f.expected_pps,
@@ -356,7 +392,8 @@ fn main() {
                         f.p99_us,
                         f.max_us,
                         f.rss_kib_per_subscriber,
-                        f.lost
+                        f.lost,
+                        f.server_drops
                     );
                     f
                 })
@@ -393,14 +430,14 @@ fn figures(row: &Row, sfu: Sfu) -> Option<&Figures> {
 fn table(rows: &[Row], runs: usize, duration: Duration) -> String {
     let mut t = format!(
         "Medians of {runs} runs of {} s each, server and load generator on the same 2 cores.\n\n\
-         | scenario | SFU | forwarded pkt/s (expected) | server cores | CPU µs/pkt | latency p50 / p99 / max µs | RSS KiB/subscriber | lost |\n\
+         | scenario | SFU | forwarded pkt/s (expected) | server cores | CPU µs/pkt | latency p50 / p99 / max µs | RSS KiB/subscriber | lost (at the server's sockets) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         duration.as_secs()
     );
     for row in rows {
         for (sfu, f) in &row.results {
             t.push_str(&format!(
-                "| {} | {:?} | {:.0} ({:.0}) | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.0} | {:.0} |\n",
+                "| {} | {:?} | {:.0} ({:.0}) | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.0} | {:.0} ({:.0}) |\n",
                 row.name,
                 sfu,
                 f.forwarded_pps,
@@ -411,7 +448,8 @@ fn table(rows: &[Row], runs: usize, duration: Duration) -> String {
                 f.p99_us,
                 f.max_us,
                 f.rss_kib_per_subscriber,
-                f.lost
+                f.lost,
+                f.server_drops
             ));
         }
     }

@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 const MAX_DATAGRAM: usize = 2048;
 /// Commands waiting for the media loop; senders wait when it is full.
 const COMMAND_QUEUE: usize = 1024;
+/// Receive and send buffer asked for the shared media socket: about a second of 30 Mbit/s.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Datagrams read in one go before outputs are flushed.
 const READ_BATCH: usize = 64;
 
@@ -167,13 +169,24 @@ pub async fn spawn(
     taps: Option<Box<dyn TapSink>>,
 ) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<RouterEvent>)> {
     let socket = UdpSocket::bind(bind).await?;
+    // Every peer shares this socket: room for a burst of all of them while the media loop
+    // is held up (the kernel caps it at net.core.rmem_max / wmem_max).
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_recv_buffer_size(SOCKET_BUFFER)?;
+    sock.set_send_buffer_size(SOCKET_BUFFER)?;
     let local = socket.local_addr()?;
     let media_addr = SocketAddr::new(announce.unwrap_or(local.ip()), local.port());
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(MediaStats::default()));
     let router = Router::new(RouterConfig::new(media_addr));
-    info!(%local, announced = %media_addr, "media socket bound");
+    info!(
+        %local,
+        announced = %media_addr,
+        receive_buffer = sock.recv_buffer_size()?,
+        send_buffer = sock.send_buffer_size()?,
+        "media socket bound"
+    );
     tokio::spawn(run(
         router,
         socket,
