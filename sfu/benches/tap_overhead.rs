@@ -234,6 +234,7 @@ impl Net {
                             local: self.router_addr,
                             remote: c.addr,
                             data: m.message,
+                            tcp: false,
                         },
                     );
                 }
@@ -374,6 +375,7 @@ impl Net {
                     local: self.router_addr,
                     remote: self.clients[0].addr,
                     data,
+                    tcp: false,
                 };
                 let t0 = Instant::now();
                 self.router.handle_datagram(self.now, d);

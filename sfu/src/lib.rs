@@ -8,7 +8,8 @@
 //!   drives renegotiation. It never touches a socket or reads a clock: callers feed it
 //!   datagrams, signaling commands and the current time, and drain what it wants to send.
 //! - [`shell`] is the **tokio shell**: one UDP socket shared by every peer (ICE-lite,
-//!   demultiplexed by ICE username and then by address, see [`demux`]), a command channel
+//!   demultiplexed by ICE username and then by address, see [`demux`]), ICE-TCP connections
+//!   on the same port for networks that block UDP, a command channel
 //!   from signaling, and a timer for the core's next deadline.
 //!
 //! Vocabulary: a [`Participant`](ParticipantInfo) joins a room and has two peer connections:
@@ -27,6 +28,7 @@ pub mod rewrite;
 mod router;
 pub mod shell;
 pub mod tap;
+mod tcp;
 mod track;
 
 pub use error::SfuError;

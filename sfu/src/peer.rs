@@ -1,4 +1,5 @@
-//! Building the router's peer connections: ICE-lite on the shared socket, DTLS server,
+//! Building the router's peer connections: ICE-lite on the shared socket (UDP, and TCP for
+//! networks that block UDP), DTLS server,
 //! default codecs (Opus, VP8, VP9, H.264, AV1) and the default interceptors (NACK generator
 //! and responder with its packet cache, RTCP reports, TWCC feedback), plus the marker that
 //! surfaces keyframe requests.
@@ -7,6 +8,7 @@ use crate::SfuError;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::rand::{generate_pwd, generate_ufrag};
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -59,7 +61,21 @@ pub(crate) fn build(now: Instant, media_addr: SocketAddr) -> Result<NewPeer, Sfu
     }
     .new_candidate_host()?;
     pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)?;
-    // End of gathering: the shared socket is the only candidate there will ever be.
+    // ICE-TCP (RFC 6544): the same port over TCP, for networks that block UDP. Browsers
+    // connect to it (tcptype passive); frames are RFC 4571 length-prefixed.
+    let tcp = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "tcp".to_owned(),
+            address: media_addr.ip().to_string(),
+            port: media_addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: TcpType::Passive,
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&tcp).to_json()?)?;
+    // End of gathering: the shared sockets are the only candidates there will ever be.
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(NewPeer { pc, ufrag })
 }

@@ -69,6 +69,8 @@ pub struct Datagram {
     pub remote: SocketAddr,
     /// The bytes.
     pub data: BytesMut,
+    /// Carried by a TCP connection (ICE-TCP, RFC 4571 framing) instead of UDP.
+    pub tcp: bool,
 }
 
 /// What the router tells signaling.
@@ -537,7 +539,11 @@ impl Router {
                 local_addr: datagram.local,
                 peer_addr: datagram.remote,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: if datagram.tcp {
+                    TransportProtocol::TCP
+                } else {
+                    TransportProtocol::UDP
+                },
             },
             message: datagram.data,
         };
@@ -596,6 +602,7 @@ impl Router {
                     local: out.transport.local_addr,
                     remote: out.transport.peer_addr,
                     data: out.message,
+                    tcp: out.transport.transport_protocol == TransportProtocol::TCP,
                 });
             }
         }

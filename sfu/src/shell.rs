@@ -1,19 +1,22 @@
-//! The tokio shell around [`Router`]: one UDP socket, a command channel, a timer.
+//! The tokio shell around [`Router`]: one UDP socket (and ICE-TCP connections on the same
+//! port, see [`crate::tcp`]), a command channel, a timer.
 //!
 //! The shell only moves bytes: it reads datagrams and commands, feeds them to the router with
 //! the current time, sends what the router wants sent, passes the router's events on, and
 //! sleeps until the router's next deadline. Every decision is the router's.
 
 use crate::tap::TapSink;
+use crate::tcp::{self, TcpEvent};
 use crate::{
     Datagram, ParticipantId, ParticipantInfo, PublishAnswer, Router, RouterConfig, RouterEvent,
     RouterStats, SfuError, TrackSource,
 };
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -21,8 +24,8 @@ use tracing::{debug, info, warn};
 const MAX_DATAGRAM: usize = 2048;
 /// Commands waiting for the media loop; senders wait when it is full.
 const COMMAND_QUEUE: usize = 1024;
-/// Receive and send buffer asked for the shared media socket: about a second of 30 Mbit/s.
-const SOCKET_BUFFER: usize = 4 << 20;
+/// ICE-TCP frames and connection changes waiting for the media loop.
+const TCP_EVENT_QUEUE: usize = 4096;
 /// Datagrams read in one go before outputs are flushed.
 const READ_BATCH: usize = 64;
 
@@ -169,28 +172,24 @@ pub async fn spawn(
     taps: Option<Box<dyn TapSink>>,
 ) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<RouterEvent>)> {
     let socket = UdpSocket::bind(bind).await?;
-    // Every peer shares this socket: room for a burst of all of them while the media loop
-    // is held up (the kernel caps it at net.core.rmem_max / wmem_max).
-    let sock = socket2::SockRef::from(&socket);
-    sock.set_recv_buffer_size(SOCKET_BUFFER)?;
-    sock.set_send_buffer_size(SOCKET_BUFFER)?;
     let local = socket.local_addr()?;
+    // ICE-TCP on the same port number.
+    let listener = TcpListener::bind(local).await?;
+    let (tcp_tx, tcp_rx) = mpsc::channel(TCP_EVENT_QUEUE);
+    tokio::spawn(tcp::accept(listener, tcp_tx));
     let media_addr = SocketAddr::new(announce.unwrap_or(local.ip()), local.port());
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(MediaStats::default()));
     let router = Router::new(RouterConfig::new(media_addr));
-    info!(
-        %local,
-        announced = %media_addr,
-        receive_buffer = sock.recv_buffer_size()?,
-        send_buffer = sock.send_buffer_size()?,
-        "media socket bound"
-    );
+    info!(%local, announced = %media_addr, "media socket bound");
     tokio::spawn(run(
         router,
-        socket,
-        local,
+        MediaTransport {
+            udp: socket,
+            tcp_events: tcp_rx,
+            local,
+        },
         command_rx,
         event_tx,
         taps,
@@ -206,21 +205,42 @@ pub async fn spawn(
     ))
 }
 
+/// Where the media loop's packets come and go.
+struct MediaTransport {
+    /// The shared UDP socket.
+    udp: UdpSocket,
+    /// Frames and connection changes from the ICE-TCP connections.
+    tcp_events: mpsc::Receiver<TcpEvent>,
+    /// The socket's local address.
+    local: SocketAddr,
+}
+
 async fn run(
     mut router: Router,
-    socket: UdpSocket,
-    local: SocketAddr,
+    transport: MediaTransport,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::UnboundedSender<RouterEvent>,
     mut taps: Option<Box<dyn TapSink>>,
     stats: Arc<Mutex<MediaStats>>,
 ) {
+    let MediaTransport {
+        udp: socket,
+        mut tcp_events,
+        local,
+    } = transport;
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Open ICE-TCP connections by peer address.
+    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut last_stats = Instant::now();
     let mut changed = false;
     loop {
         while let Some(d) = router.poll_transmit() {
-            if let Err(e) = socket.send_to(&d.data, d.remote).await {
+            if d.tcp {
+                // Never waits: a full connection loses the packet, as UDP would.
+                if let Some(writer) = tcp_writers.get(&d.remote) {
+                    let _ = writer.try_send(d.data.freeze());
+                }
+            } else if let Err(e) = socket.send_to(&d.data, d.remote).await {
                 debug!(remote = %d.remote, error = %e, "send failed");
             }
         }
@@ -268,6 +288,7 @@ async fn run(
                             local,
                             remote,
                             data: BytesMut::from(&buf[..n]),
+                            tcp: false,
                         }),
                         Err(e) => debug!(error = %e, "receive failed"),
                     }
@@ -280,6 +301,20 @@ async fn run(
                     }
                 }
             }
+            Some(event) = tcp_events.recv() => match event {
+                TcpEvent::Opened { remote, writer } => {
+                    tcp_writers.insert(remote, writer);
+                }
+                TcpEvent::Frame { remote, data } => router.handle_datagram(Instant::now(), Datagram {
+                    local,
+                    remote,
+                    data,
+                    tcp: true,
+                }),
+                TcpEvent::Closed { remote } => {
+                    tcp_writers.remove(&remote);
+                }
+            },
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
         router.handle_timeout(Instant::now());

@@ -92,6 +92,7 @@ impl Net {
                             local: router_addr,
                             remote: c.addr,
                             data: m.message,
+                            tcp: false,
                         },
                     );
                 }
@@ -395,6 +396,7 @@ fn bad_commands_get_typed_errors() {
             local: ROUTER_ADDR.parse().unwrap(),
             remote: "127.0.0.1:1".parse().unwrap(),
             data: BytesMut::from(&b"garbage"[..]),
+            tcp: false,
         },
     );
     assert_eq!(net.router.stats().unroutable_datagrams, 1);

@@ -53,7 +53,7 @@ export function consultUrl(server, room, token, { relayOnly = false } = {}) {
  * Opens the consult page as a new participant in its own browser context.
  * Waits until medrelayState().joined (or an error, which throws unless `expectError`).
  */
-export async function openParticipant(browser, server, { room, identity, role, token, expectError = false, joinTimeout = 15_000, tag = server.name, relayOnly = false }) {
+export async function openParticipant(browser, server, { room, identity, role, token, expectError = false, joinTimeout = 15_000, tag = server.name, relayOnly = false, initScript = null }) {
   const tok = token || (await server.token({ room, identity, role }));
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   // Diagnostics only: remember the page's peer connections so a failure message can say
@@ -69,6 +69,8 @@ export async function openParticipant(browser, server, { room, identity, role, t
       }
     };
   });
+  // A test's own page script (e.g. a network that blocks a protocol), before the page runs.
+  if (initScript) await context.addInitScript(initScript);
   const page = await context.newPage();
   const consoleLines = [];
   const logFile = path.join(ARTIFACTS, 'logs', `${tag}.${identity}.console.log`);
