@@ -26,6 +26,8 @@ const MAX_DATAGRAM: usize = 2048;
 const COMMAND_QUEUE: usize = 1024;
 /// ICE-TCP frames and connection changes waiting for the media loop.
 const TCP_EVENT_QUEUE: usize = 4096;
+/// Datagrams sent in one system call.
+const SEND_BATCH: usize = 64;
 /// Datagrams read in one go before outputs are flushed.
 const READ_BATCH: usize = 64;
 
@@ -229,6 +231,7 @@ async fn run(
         local,
     } = transport;
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut outbox = Vec::with_capacity(SEND_BATCH);
     // Open ICE-TCP connections by peer address.
     let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut last_stats = Instant::now();
@@ -240,10 +243,14 @@ async fn run(
                 if let Some(writer) = tcp_writers.get(&d.remote) {
                     let _ = writer.try_send(d.data.freeze());
                 }
-            } else if let Err(e) = socket.send_to(&d.data, d.remote).await {
-                debug!(remote = %d.remote, error = %e, "send failed");
+            } else {
+                outbox.push(d);
+                if outbox.len() == SEND_BATCH {
+                    send_all(&socket, &mut outbox).await;
+                }
             }
         }
+        send_all(&socket, &mut outbox).await;
         while let Some(tap) = router.poll_tap() {
             if let Some(sink) = taps.as_mut() {
                 sink.deliver(tap);
@@ -319,6 +326,59 @@ async fn run(
         }
         router.handle_timeout(Instant::now());
     }
+}
+
+/// Sends every datagram of `outbox` and empties it: on Linux, up to [`SEND_BATCH`] in one
+/// `sendmmsg` call (the forwarding fan-out makes many datagrams at once, to different peers).
+async fn send_all(socket: &UdpSocket, outbox: &mut Vec<Datagram>) {
+    let mut sent = 0;
+    while sent < outbox.len() {
+        match send_batch(socket, &outbox[sent..]).await {
+            Ok(n) => sent += n.max(1),
+            Err(e) => {
+                // The first datagram failed (an unreachable peer): skip it, send the rest.
+                debug!(remote = %outbox[sent].remote, error = %e, "send failed");
+                sent += 1;
+            }
+        }
+    }
+    outbox.clear();
+}
+
+#[cfg(target_os = "linux")]
+async fn send_batch(socket: &UdpSocket, batch: &[Datagram]) -> std::io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|d| [IoSlice::new(&d.data)]).collect();
+    let addresses: Vec<Option<SockaddrStorage>> = batch
+        .iter()
+        .map(|d| Some(SockaddrStorage::from(d.remote)))
+        .collect();
+    socket
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            // Holds raw pointers (not Send): made afresh for each attempt.
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
+            sendmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                &slices,
+                &addresses,
+                [],
+                MsgFlags::empty(),
+            )
+            .map(|results| results.count())
+            .map_err(std::io::Error::from)
+        })
+        .await
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn send_batch(socket: &UdpSocket, batch: &[Datagram]) -> std::io::Result<usize> {
+    socket
+        .send_to(&batch[0].data, batch[0].remote)
+        .await
+        .map(|_| 1)
 }
 
 fn apply(router: &mut Router, command: Command) {
