@@ -381,20 +381,7 @@ fn main() {
             let runs: Vec<Figures> = (0..o.runs)
                 .map(|i| {
                     let f = measure(sfu, &scenario, &o, &runtime);
-                    eprintln!(
-                        "{name} {sfu:?} run {}: {:.0} pkt/s forwarded ({:.0} expected), {:.2} cores, {:.2} µs/pkt, latency p50 {:.0} p99 {:.0} max {:.0} µs, {:.0} KiB/subscriber, lost {:.0} (dropped at the server's sockets {:.0})",
-                        i + 1,
-                        f.forwarded_pps,
-                        f.expected_pps,
-                        f.cpu_cores,
-                        f.cpu_us_per_packet,
-                        f.p50_us,
-                        f.p99_us,
-                        f.max_us,
-                        f.rss_kib_per_subscriber,
-                        f.lost,
-                        f.server_drops
-                    );
+                    eprintln!("run {}: {}", i + 1, table_row(&name, sfu, &f));
                     f
                 })
                 .collect();
@@ -423,6 +410,23 @@ fn main() {
     }
 }
 
+/// One server's figures as a row of the table (also printed after each run).
+fn table_row(name: &str, sfu: Sfu, f: &Figures) -> String {
+    format!(
+        "| {name} | {sfu:?} | {:.0} ({:.0}) | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.0} | {:.0} ({:.0}) |",
+        f.forwarded_pps,
+        f.expected_pps,
+        f.cpu_cores,
+        f.cpu_us_per_packet,
+        f.p50_us,
+        f.p99_us,
+        f.max_us,
+        f.rss_kib_per_subscriber,
+        f.lost,
+        f.server_drops
+    )
+}
+
 fn figures(row: &Row, sfu: Sfu) -> Option<&Figures> {
     row.results.iter().find(|(s, _)| *s == sfu).map(|(_, f)| f)
 }
@@ -436,21 +440,8 @@ fn table(rows: &[Row], runs: usize, duration: Duration) -> String {
     );
     for row in rows {
         for (sfu, f) in &row.results {
-            t.push_str(&format!(
-                "| {} | {:?} | {:.0} ({:.0}) | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.0} | {:.0} ({:.0}) |\n",
-                row.name,
-                sfu,
-                f.forwarded_pps,
-                f.expected_pps,
-                f.cpu_cores,
-                f.cpu_us_per_packet,
-                f.p50_us,
-                f.p99_us,
-                f.max_us,
-                f.rss_kib_per_subscriber,
-                f.lost,
-                f.server_drops
-            ));
+            t.push_str(&table_row(&row.name, *sfu, f));
+            t.push('\n');
         }
     }
     t.push_str("\nRatios medrelay/Janus (below 1: medrelay spends less):\n\n| scenario | CPU per packet | latency p99 | RSS per subscriber |\n| --- | --- | --- | --- |\n");

@@ -37,6 +37,9 @@ use tracing::warn;
 /// joins per address in 10 s).
 const SEATS_PER_ADDRESS: usize = 25;
 
+/// How long subscribers keep counting after publishers stop.
+const DRAIN: Duration = Duration::from_secs(1);
+
 /// The SFU under load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -115,7 +118,8 @@ pub struct Summary {
     pub expected_pps: f64,
     /// Received payload in Mbit/s.
     pub received_mbps: f64,
-    /// RTP packets publishers sent over the whole run (joins to stop).
+    /// RTP packets publishers sent over the whole run (joins to stop; publishers stop a
+    /// second before subscribers, so nothing is left in flight).
     pub total_sent: u64,
     /// RTP packets subscribers received over the whole run: compare with the SFU's own
     /// count of forwarded packets.
@@ -285,6 +289,9 @@ pub async fn run_observed(
     window(Window::End);
     let mut latencies = meter.total();
     latencies.subtract(&before).expect("same bounds");
+    // Publishers stop first; subscribers keep counting until what was in flight arrives.
+    meter.publishing.store(false, Ordering::Relaxed);
+    tokio::time::sleep(DRAIN).await;
     let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {

@@ -473,6 +473,9 @@ impl Pacer {
     }
 
     fn send_due(&mut self, now: Instant, pc: &mut RTCPeerConnection, meter: &Meter) {
+        if !meter.publishing.load(Ordering::Relaxed) {
+            return;
+        }
         let log = &self.plan.log[self.plan.index];
         for t in self.tracks.iter_mut() {
             let clip = self.plan.clip.track(t.kind);

@@ -4,7 +4,7 @@
 use crate::clip::{Clip, Kind};
 use hdrhistogram::Histogram;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Latencies above this (in µs) are clamped into the histogram's top bucket.
@@ -73,6 +73,9 @@ pub struct Meter {
     pub connected_peers: AtomicU64,
     /// Peer connections that failed.
     pub failed_peers: AtomicU64,
+    /// Publishers send while this is true; the run clears it before the end so that what
+    /// is in flight arrives before subscribers stop counting.
+    pub publishing: AtomicBool,
     window: Mutex<Histogram<u64>>,
     total: Mutex<Histogram<u64>>,
 }
@@ -91,6 +94,7 @@ impl Meter {
             lost_packets: AtomicU64::new(0),
             connected_peers: AtomicU64::new(0),
             failed_peers: AtomicU64::new(0),
+            publishing: AtomicBool::new(true),
             window: Mutex::new(histogram()),
             total: Mutex::new(histogram()),
         }

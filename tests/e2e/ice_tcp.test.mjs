@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer } from './lib/server.mjs';
-import { launchBrowser, openParticipant, expectMediaFrom } from './lib/browser.mjs';
+import { launchBrowser, openParticipant, expectMediaFrom, selectedPairs } from './lib/browser.mjs';
 import { safeJson } from './lib/server.mjs';
 
 const ROOM = 'consult-ice-tcp';
@@ -48,32 +48,15 @@ test('a clinic without UDP connects over ICE-TCP to the media port and both side
     expectMediaFrom(clinic, 'dr-specialist', { timeout: 30_000 }),
     expectMediaFrom(specialist, 'dr-clinic', { timeout: 30_000 }),
   ]);
-  const pairsOf = (p) =>
-    p.page.evaluate(async () => {
-      const out = [];
-      for (const pc of window.__e2ePcs || []) {
-        if (pc.connectionState !== 'connected') continue;
-        const stats = await pc.getStats();
-        let pairId = null;
-        stats.forEach((s) => {
-          if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
-        });
-        const pair = pairId && stats.get(pairId);
-        const local = pair && stats.get(pair.localCandidateId);
-        const remote = pair && stats.get(pair.remoteCandidateId);
-        out.push({ local: local?.protocol, localType: local?.candidateType, remote: remote?.protocol, remotePort: remote?.port });
-      }
-      return out;
-    });
-  const tcp = await pairsOf(clinic);
+  const tcp = await selectedPairs(clinic);
   assert.equal(tcp.length, 2, `publisher and subscriber connections: ${safeJson(tcp)}`);
   for (const p of tcp) {
-    assert.equal(p.local, 'tcp', safeJson(tcp));
-    assert.equal(p.remote, 'tcp', safeJson(tcp));
-    assert.equal(p.remotePort, server.mediaPort, safeJson(tcp));
+    assert.equal(p.local.protocol, 'tcp', safeJson(tcp));
+    assert.equal(p.remote.protocol, 'tcp', safeJson(tcp));
+    assert.equal(p.remote.port, server.mediaPort, safeJson(tcp));
   }
   // The other participant still uses UDP.
-  for (const p of await pairsOf(specialist)) assert.equal(p.local, 'udp', safeJson(p));
+  for (const p of await selectedPairs(specialist)) assert.equal(p.local.protocol, 'udp', safeJson(p));
   await expectMediaFrom(specialist, 'dr-clinic', { minFrames: 20, timeout: 10_000 });
   await clinic.screenshot('consult-ice-tcp-clinic');
 });

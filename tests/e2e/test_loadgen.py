@@ -57,9 +57,10 @@ def test_scenario_1_smoke_run_agrees_with_the_server():
         assert summary["timed_share"] > 0.99, summary
         latency = summary["latency"]
         assert 0 < latency["p50_us"] <= latency["p99_us"] <= latency["max_us"]
-        # The two counts of the same packets agree (the last few in flight at stop aside).
+        # The two counts of the same packets agree: publishers stop a second before
+        # subscribers, so nothing forwarded is still in flight when counting ends.
         assert summary["total_received"] > 150_000
-        assert abs(forwarded - summary["total_received"]) <= 0.01 * forwarded, (
+        assert abs(forwarded - summary["total_received"]) <= 0.001 * forwarded, (
             forwarded, summary["total_received"])
     finally:
         server.stop()

@@ -11,7 +11,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startServer, waitFor, freeTcpPort, ARTIFACTS, safeJson } from './lib/server.mjs';
-import { launchBrowser, openParticipant, expectMediaFrom } from './lib/browser.mjs';
+import { launchBrowser, openParticipant, expectMediaFrom, selectedPairs } from './lib/browser.mjs';
 import { RawClient } from './lib/ws.mjs';
 
 const ROOM = 'consult-turn';
@@ -88,25 +88,11 @@ test('a relay-only clinic reaches the room through coturn over TCP and both side
     expectMediaFrom(specialist, 'dr-clinic', { timeout: 30_000 }),
   ]);
   // Every connected peer connection of the clinic runs over a TURN relay reached by TCP.
-  const pairs = await clinic.page.evaluate(async () => {
-    const out = [];
-    for (const pc of window.__e2ePcs || []) {
-      if (pc.connectionState !== 'connected') continue;
-      const stats = await pc.getStats();
-      let pairId = null;
-      stats.forEach((s) => {
-        if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
-      });
-      const pair = pairId && stats.get(pairId);
-      const local = pair && stats.get(pair.localCandidateId);
-      out.push({ candidateType: local?.candidateType, relayProtocol: local?.relayProtocol, bytesReceived: pair?.bytesReceived });
-    }
-    return out;
-  });
+  const pairs = await selectedPairs(clinic);
   assert.equal(pairs.length, 2, `publisher and subscriber connections: ${safeJson(pairs)}`);
   for (const p of pairs) {
-    assert.equal(p.candidateType, 'relay', safeJson(pairs));
-    assert.equal(p.relayProtocol, 'tcp', safeJson(pairs));
+    assert.equal(p.local.candidateType, 'relay', safeJson(pairs));
+    assert.equal(p.local.relayProtocol, 'tcp', safeJson(pairs));
   }
   // coturn allocated relays for the clinic's credential (its username: expiry:participant id).
   const { participantId } = await clinic.state();

@@ -148,6 +148,32 @@ export async function openParticipant(browser, server, { room, identity, role, t
   return p;
 }
 
+/**
+ * The selected ICE candidate pair of each connected peer connection of a page:
+ * [{ local: {protocol, candidateType, relayProtocol}, remote: {protocol, port} }].
+ */
+export async function selectedPairs(participant) {
+  return participant.page.evaluate(async () => {
+    const out = [];
+    for (const pc of window.__e2ePcs || []) {
+      if (pc.connectionState !== 'connected') continue;
+      const stats = await pc.getStats();
+      let pairId = null;
+      stats.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+      });
+      const pair = pairId && stats.get(pairId);
+      const local = pair && stats.get(pair.localCandidateId);
+      const remote = pair && stats.get(pair.remoteCandidateId);
+      out.push({
+        local: { protocol: local?.protocol, candidateType: local?.candidateType, relayProtocol: local?.relayProtocol },
+        remote: { protocol: remote?.protocol, port: remote?.port },
+      });
+    }
+    return out;
+  });
+}
+
 /** The entries of medrelayStats() that came from `identity` and have `kind`. */
 export function entriesFrom(stats, identity, kind) {
   return (stats || []).filter((s) => s.identity === identity && (!kind || s.kind === kind));
