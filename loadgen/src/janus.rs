@@ -165,11 +165,6 @@ impl JanusClient {
         Ok(client)
     }
 
-    /// The Janus session id of this client.
-    pub fn session_id(&self) -> u64 {
-        self.session_id
-    }
-
     /// Creates VideoRoom room `room` (VP8 video, Opus audio, `max_publishers` publishers, a 3 Mbit/s bitrate cap, no recording).
     ///
     /// An id that already exists fails with `JanusError::Plugin { code: 427, .. }`.
@@ -272,23 +267,13 @@ impl JanusClient {
     }
 
     /// Tells Janus that our candidates are all in the SDP (trickle completed) for `handle`.
-    ///
-    /// [`publish`](Self::publish) and [`start`](Self::start) already do this; sending it
-    /// again is harmless.
-    pub async fn trickle_complete(&self, handle: u64) -> Result<(), JanusError> {
+    async fn trickle_complete(&self, handle: u64) -> Result<(), JanusError> {
         let msg = json!({
             "janus": "trickle",
             "handle_id": handle,
             "candidate": {"completed": true},
         });
         self.request(msg, true).await.map(|_| ())
-    }
-
-    /// Detaches `handle` (a publisher leaves its room, a subscriber stops receiving).
-    pub async fn detach(&self, handle: u64) -> Result<(), JanusError> {
-        self.request(json!({"janus": "detach", "handle_id": handle}), false)
-            .await
-            .map(|_| ())
     }
 
     /// Destroys the session (Janus drops all its handles) and closes the WebSocket.

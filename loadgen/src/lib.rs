@@ -96,7 +96,7 @@ pub struct Scenario {
 pub struct Summary {
     /// The SFU.
     pub sfu: Sfu,
-    /// Rooms, publishers and subscribers per room.
+    /// Rooms.
     pub rooms: usize,
     /// Publishers per room.
     pub publishers: usize,

@@ -253,7 +253,7 @@ impl ClientPeer {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut pacer = media.map(|m| Pacer::new(m, Instant::now()));
-        let mut receiving = Receiving {
+        let mut state = PeerState {
             timing,
             origin,
             sequences: HashMap::new(),
@@ -269,10 +269,10 @@ impl ClientPeer {
                 .pc
                 .poll_timeout()
                 .unwrap_or(now + Duration::from_secs(1));
-            if let Some(p) = pacer.as_ref().filter(|_| receiving.connected) {
+            if let Some(p) = pacer.as_ref().filter(|_| state.connected) {
                 deadline = deadline.min(p.next_due());
             }
-            deadline = deadline.min(receiving.next_merge);
+            deadline = deadline.min(state.next_merge);
             tokio::select! {
                 ready = self.socket.readable() => {
                     if ready.is_ok() {
@@ -282,10 +282,10 @@ impl ClientPeer {
                                 Ok((n, from, kernel_ns)) => {
                                     self.feed(now, from, &buf[..n]);
                                     let at = kernel_ns.map_or_else(
-                                        || receiving.timing.meter.wall_ns(),
-                                        |ns| receiving.timing.meter.since_start(ns),
+                                        || state.timing.meter.wall_ns(),
+                                        |ns| state.timing.meter.since_start(ns),
                                     );
-                                    self.read_media(&mut receiving, at);
+                                    self.read_media(&mut state, at);
                                 }
                                 Err(_) => break,
                             }
@@ -307,30 +307,26 @@ impl ClientPeer {
                 let _ = self.pc.handle_timeout(now);
             }
             // Media starts once DTLS-SRTP is up, at the clip's start.
-            if let Some(p) = pacer.as_mut().filter(|_| receiving.connected) {
+            if let Some(p) = pacer.as_mut().filter(|_| state.connected) {
                 if !p.started {
                     p.start(now);
                 }
-                p.send_due(now, &mut self.pc, &receiving.timing.meter);
+                p.send_due(now, &mut self.pc, &state.timing.meter);
             }
-            self.drain(&mut receiving).await;
-            if now >= receiving.next_merge {
-                receiving.merge();
+            self.drain(&mut state).await;
+            if now >= state.next_merge {
+                state.merge();
             }
         }
-        receiving.merge();
-        let lost: u64 = receiving
-            .sequences
-            .values()
-            .map(SequenceTracker::lost)
-            .sum();
-        receiving
+        state.merge();
+        let lost: u64 = state.sequences.values().map(SequenceTracker::lost).sum();
+        state
             .timing
             .meter
             .lost_packets
             .fetch_add(lost, Ordering::Relaxed);
         let _ = self.pc.close();
-        self.drain(&mut receiving).await;
+        self.drain(&mut state).await;
     }
 
     fn feed(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
@@ -350,22 +346,22 @@ impl ClientPeer {
     }
 
     /// Takes the RTP packets the last datagram gave, received at `at_ns`.
-    fn read_media(&mut self, receiving: &mut Receiving, at_ns: u64) {
+    fn read_media(&mut self, state: &mut PeerState, at_ns: u64) {
         while let Some(message) = self.pc.poll_read() {
             if let RTCMessage::RtpPacket(track_id, packet) = message.message {
-                receiving.on_rtp(at_ns, &track_id, &packet);
+                state.on_rtp(at_ns, &track_id, &packet);
             }
         }
     }
 
     /// Handles the peer connection's events and received packets, then sends its output.
-    async fn drain(&mut self, receiving: &mut Receiving) {
+    async fn drain(&mut self, state: &mut PeerState) {
         while let Some(event) = self.pc.poll_event() {
-            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                let meter = &receiving.timing.meter;
-                match state {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(change) = event {
+                let meter = &state.timing.meter;
+                match change {
                     RTCPeerConnectionState::Connected => {
-                        receiving.connected = true;
+                        state.connected = true;
                         meter.connected_peers.fetch_add(1, Ordering::Relaxed);
                     }
                     RTCPeerConnectionState::Failed => {
@@ -375,8 +371,8 @@ impl ClientPeer {
                 }
             }
         }
-        let now = receiving.timing.meter.wall_ns();
-        self.read_media(receiving, now);
+        let now = state.timing.meter.wall_ns();
+        self.read_media(state, now);
         while let Some(out) = self.pc.poll_write() {
             let _ = self
                 .socket
@@ -517,8 +513,8 @@ impl Pacer {
     }
 }
 
-/// A subscriber peer's measurements.
-struct Receiving {
+/// What a peer has seen: whether it is connected and, for a subscriber, what it received.
+struct PeerState {
     timing: Timing,
     origin: Origin,
     sequences: HashMap<u32, SequenceTracker>,
@@ -528,7 +524,7 @@ struct Receiving {
     connected: bool,
 }
 
-impl Receiving {
+impl PeerState {
     fn on_rtp(&mut self, received: u64, track_id: &str, packet: &rtc::rtp::Packet) {
         let meter = &self.timing.meter;
         meter.received_packets.fetch_add(1, Ordering::Relaxed);
