@@ -228,10 +228,13 @@ fn main() -> anyhow::Result<()> {
 fn load(args: LoadArgs) -> anyhow::Result<()> {
     let mint: loadgen::TokenMinter = match args.scenario.sfu {
         loadgen::Sfu::Medrelay => {
-            let secret = secrets::load_or_create(&args.data_dir, "signing.key", SIGNING_KEY_BYTES)
-                .with_context(|| {
-                    format!("reading the signing key in {}", args.data_dir.display())
-                })?;
+            // The running server's key; a load run never makes one.
+            let secret = secrets::load(&args.data_dir, "signing.key").with_context(|| {
+                format!(
+                    "reading the server's signing key in {}",
+                    args.data_dir.display()
+                )
+            })?;
             let keys = TokenKeys::new(&hex::decode(secret)?);
             Arc::new(move |room, identity, publishes| {
                 let role = if publishes {

@@ -4,24 +4,26 @@
 use std::io::Write;
 use std::path::Path;
 
+/// Reads the hex secret in `dir/name`; fails if it is missing or not a hex secret.
+pub fn load(dir: &Path, name: &str) -> std::io::Result<String> {
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path)?.trim().to_owned();
+    if text.len() < 32 || hex::decode(&text).is_err() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a hex secret of at least 16 bytes",
+                path.display()
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads a hex secret from `dir/name`, creating it with `bytes` random bytes if absent.
 pub fn load_or_create(dir: &Path, name: &str, bytes: usize) -> std::io::Result<String> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let text = text.trim().to_owned();
-            if text.len() < 32 || hex::decode(&text).is_err() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is not a hex secret of at least 16 bytes",
-                        path.display()
-                    ),
-                ));
-            }
-            Ok(text)
-        }
+    match load(dir, name) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = hex::encode(
                 (0..bytes)
@@ -32,12 +34,12 @@ pub fn load_or_create(dir: &Path, name: &str, bytes: usize) -> std::io::Result<S
             options.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&path)?;
+            let mut file = options.open(dir.join(name))?;
             writeln!(file, "{secret}")?;
             file.sync_all()?;
             Ok(secret)
         }
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
@@ -53,5 +55,12 @@ mod tests {
         assert_eq!(load_or_create(dir.path(), "signing.key", 32).unwrap(), a);
         std::fs::write(dir.path().join("bad.key"), "short").unwrap();
         assert!(load_or_create(dir.path(), "bad.key", 32).is_err());
+        assert!(load(dir.path(), "bad.key").is_err());
+        // Loading alone never creates one.
+        assert_eq!(
+            load(dir.path(), "absent.key").unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        assert!(!dir.path().join("absent.key").exists());
     }
 }

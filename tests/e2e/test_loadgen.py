@@ -67,12 +67,15 @@ def test_scenario_1_smoke_run_agrees_with_the_server():
 
 
 def test_a_wrong_signing_key_is_refused_clearly(tmp_path):
-    """Tokens from another data directory: every join is refused, and the run says so."""
+    """Tokens signed with another server's key: every join is refused, and the run says so."""
     server = Server("loadgen-badkey").start()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "signing.key").write_text("ab" * 32 + "\n")
     try:
         run = subprocess.run(
             [str(BIN), "load", "--server", f"127.0.0.1:{server.port}",
-             "--data-dir", str(tmp_path / "elsewhere"),
+             "--data-dir", str(elsewhere),
              "--rooms", "1", "--publishers", "2", "--duration", "2s", "--warmup", "1s",
              "--clip-dir", str(ARTIFACTS / "loadgen-clip")],
             capture_output=True, text=True, timeout=120)
@@ -81,3 +84,14 @@ def test_a_wrong_signing_key_is_refused_clearly(tmp_path):
         assert forwarded_total(server) == 0
     finally:
         server.stop()
+
+
+def test_a_data_directory_without_a_signing_key_is_a_clear_error(tmp_path):
+    """Pointed at a directory that is no server's: a typed error, and no key is made there."""
+    run = subprocess.run(
+        [str(BIN), "load", "--server", "127.0.0.1:9", "--data-dir", str(tmp_path),
+         "--duration", "1s", "--clip-dir", str(ARTIFACTS / "loadgen-clip")],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "reading the server's signing key" in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "signing.key").exists()
