@@ -11,8 +11,9 @@ import fs from 'node:fs';
 import { startServer, waitFor, safeJson, sleep } from './lib/server.mjs';
 import {
   ECG, readEcg, ecgSourceArgs, makeTlsCert, spawnAgent, touchStream, Viewer, tempDir, nowMs,
-  makeVethNamespace, samplesInSeqOrder, seqReport, firstDifference, FLAG_LATE, FLAG_HISTORY,
+  samplesInSeqOrder, seqReport, firstDifference, FLAG_LATE, FLAG_HISTORY,
 } from './lib/telemetry.mjs';
+import { makeVethNamespace } from './lib/netns.mjs';
 
 const STREAM = 'AMB-12';
 const DURATION_S = 75;

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { ARTIFACTS, waitFor, safeJson, sleep } from './server.mjs';
+import { chromiumInNamespace } from './netns.mjs';
 
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
@@ -31,10 +32,13 @@ export const CHROMIUM_ARGS = [
   '--disable-features=WebRtcHideLocalIpsWithMdns',
 ];
 
-/** Launches headless Chromium; `extraArgs` e.g. --use-file-for-fake-video-capture=… */
-export async function launchBrowser({ extraArgs = [] } = {}) {
+/**
+ * Launches headless Chromium; `extraArgs` e.g. --use-file-for-fake-video-capture=…;
+ * `netns` starts it inside that network namespace (netns.mjs).
+ */
+export async function launchBrowser({ extraArgs = [], netns = null } = {}) {
   return chromium.launch({
-    executablePath: CHROMIUM,
+    executablePath: netns ? chromiumInNamespace(netns, CHROMIUM) : CHROMIUM,
     headless: true,
     args: [...CHROMIUM_ARGS, ...extraArgs],
     timeout: 30_000,

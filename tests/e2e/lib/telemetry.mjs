@@ -1,9 +1,9 @@
 // Ambulance telemetry helpers (docs/telemetry.md): the real ECG record, a TLS certificate
 // made with openssl, the agent (`medrelay ambulance`) with its log in the artefacts, a viewer
 // client that decodes every binary frame and keeps every sample with its seq and flags, a
-// raw ingest client and a frame encoder for protocol tests, a network namespace joined to
-// ours by a veth pair, and the checks the tests share (contiguity, file-prefix comparison,
-// percentiles).
+// raw ingest client and a frame encoder for protocol tests, and the checks the tests share
+// (contiguity, file-prefix comparison, percentiles). Namespaces joined by veth pairs are in
+// netns.mjs.
 
 import { spawn, execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -595,53 +595,6 @@ export async function touchStream(server, crewToken) {
     c.ws.close();
     await c.closed(5000).catch(() => c.terminate());
   }
-}
-
-// ----- a second network namespace joined by a veth pair -----------------------------------
-
-async function ip(...args) {
-  try {
-    return (await execFileP('ip', args, { timeout: 10_000 })).stdout;
-  } catch (e) {
-    throw new Error(`ip ${args.join(' ')} failed: ${e.stderr || e.message}`);
-  }
-}
-
-/**
- * Makes network namespace `ns` with a veth pair to ours: `hostIp` on `hostIf` here, `nsIp`
- * on `nsIf` there. Returns {ns, hostIf, nsIf, hostIp, nsIp, cut(), restore(), destroy()};
- * cut/restore set `hostIf` down/up (the agent's side loses its carrier).
- */
-export async function makeVethNamespace({ ns = `mre2e-${process.pid}`, hostIf = 'mre2e-s', nsIf = 'mre2e-a', hostIp = '10.77.0.1', nsIp = '10.77.0.2', prefix = 30 } = {}) {
-  await ip('netns', 'del', ns).catch(() => {});
-  await ip('link', 'del', hostIf).catch(() => {});
-  await ip('netns', 'add', ns);
-  const link = {
-    ns,
-    hostIf,
-    nsIf,
-    hostIp,
-    nsIp,
-    cut: () => ip('link', 'set', hostIf, 'down'),
-    restore: () => ip('link', 'set', hostIf, 'up'),
-    async destroy() {
-      await ip('netns', 'del', ns).catch(() => {});
-      await ip('link', 'del', hostIf).catch(() => {});
-    },
-  };
-  try {
-    await ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf);
-    await ip('link', 'set', nsIf, 'netns', ns);
-    await ip('addr', 'add', `${hostIp}/${prefix}`, 'dev', hostIf);
-    await ip('link', 'set', hostIf, 'up');
-    await ip('netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up');
-    await ip('netns', 'exec', ns, 'ip', 'addr', 'add', `${nsIp}/${prefix}`, 'dev', nsIf);
-    await ip('netns', 'exec', ns, 'ip', 'link', 'set', nsIf, 'up');
-  } catch (e) {
-    await link.destroy();
-    throw e;
-  }
-  return link;
 }
 
 /**
