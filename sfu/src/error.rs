@@ -17,6 +17,9 @@ pub enum SfuError {
     /// The SDP could not be parsed or applied; the previous state is kept.
     #[error("invalid SDP: {0}")]
     InvalidSdp(String),
+    /// The participant receives no track with this id.
+    #[error("no track {0} is forwarded to this participant")]
+    UnknownTrack(String),
     /// An answer arrived while no offer was outstanding.
     #[error("no subscribe offer is waiting for an answer")]
     NoOfferOutstanding,

@@ -17,8 +17,11 @@
 //! the *subscriber* connection (the router offers, it carries what the participant receives
 //! and the room's `chat` data channel). A published [`Track`](TrackInfo) is forwarded to each
 //! other participant of the room through one *subscription* (mediasoup's consumer). While a
-//! room is recorded, its tracks' packets are also handed to a recorder ([`tap`]).
+//! room is recorded, its tracks' packets are also handed to a recorder ([`tap`]). A video
+//! published as several simulcast layers reaches each subscriber in the layer that its
+//! bandwidth estimate and the size it shows the video at allow ([`simulcast`]).
 
+mod bandwidth;
 pub mod demux;
 mod error;
 mod keyframe_relay;
@@ -27,11 +30,14 @@ mod peer;
 pub mod rewrite;
 mod router;
 pub mod shell;
+pub mod simulcast;
 pub mod tap;
 mod tcp;
 mod track;
 
 pub use error::SfuError;
 pub use participant::{ParticipantId, ParticipantInfo};
-pub use router::{Datagram, PublishAnswer, Router, RouterConfig, RouterEvent, RouterStats};
+pub use router::{
+    Datagram, PublishAnswer, Router, RouterConfig, RouterEvent, RouterStats, TrackQuality,
+};
 pub use track::{TrackInfo, TrackKind, TrackSource};

@@ -2,14 +2,16 @@
 //! networks that block UDP), DTLS server,
 //! default codecs (Opus, VP8, VP9, H.264, AV1) and the default interceptors (NACK generator
 //! and responder with its packet cache, RTCP reports, TWCC feedback), plus the marker that
-//! surfaces keyframe requests.
+//! surfaces keyframe requests. Subscriber connections add send-side congestion control
+//! ([`bandwidth`](crate::bandwidth)) and offer REMB for peers without transport-cc.
 
 use crate::SfuError;
+use crate::bandwidth::Estimate;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::rand::{generate_pwd, generate_ufrag};
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{CongestionControlBuilder, Registry, Slot, TwccSenderBuilder};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -17,6 +19,7 @@ use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -26,15 +29,38 @@ pub(crate) struct NewPeer {
     pub(crate) ufrag: String,
 }
 
-/// Builds an ICE-lite peer connection whose only candidate is `media_addr`.
-pub(crate) fn build(now: Instant, media_addr: SocketAddr) -> Result<NewPeer, SfuError> {
+/// Builds an ICE-lite peer connection whose only candidate is `media_addr`. A subscriber
+/// connection passes the [`Estimate`] its congestion controller is to publish into.
+pub(crate) fn build(
+    now: Instant,
+    media_addr: SocketAddr,
+    estimate: Option<&Estimate>,
+) -> Result<NewPeer, SfuError> {
     let ufrag = generate_ufrag();
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+    let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
         Slot::from(keyframe_relay::SLOT),
         KeyframeRequestMarker::default(),
     );
+    if let Some(estimate) = estimate {
+        // Transport-wide sequence numbers on what we send, and GCC on the feedback. No pacer:
+        // forwarded packets arrive paced by their publisher, and layer selection keeps the
+        // rate under the estimate.
+        registry = registry
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(estimate.estimator()).build(),
+            )
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build());
+        media_engine.register_feedback(
+            RTCPFeedback {
+                typ: TYPE_RTCP_FB_GOOG_REMB.to_owned(),
+                parameter: String::new(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.clone(), generate_pwd())

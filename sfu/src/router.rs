@@ -7,9 +7,11 @@
 //! `forward` → each subscription's header rewrite → the subscriber's peer connection
 //! (NACK cache, SRTP) → [`Router::poll_transmit`].
 
+use crate::bandwidth::Estimate;
 use crate::demux::{Demuxer, PcKey, PcKind};
 use crate::peer;
-use crate::rewrite::{ExtensionMap, SequenceRewriter};
+use crate::rewrite::{ExtensionMap, Rewritten, SequenceRewriter};
+use crate::simulcast::{self, BitrateMeter, Choice, Demand, LayerView, PauseReason, VideoCodec};
 use crate::tap::{Tap, TapCodec, TapId, TapPacket, TapTrack};
 use crate::{ParticipantId, ParticipantInfo, SfuError, TrackInfo, TrackKind, TrackSource};
 use bytes::BytesMut;
@@ -22,6 +24,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -37,6 +40,23 @@ use tracing::{debug, warn};
 /// Most taps queued for the recorder before packets are dropped (counted in
 /// [`RouterStats::dropped_taps`]).
 const MAX_QUEUED_TAPS: usize = 4096;
+
+/// How often every subscriber's layers are chosen again.
+const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
+/// A layer without packets for this long is taken as stopped by its publisher.
+const LAYER_SILENT_AFTER: Duration = Duration::from_millis(1500);
+/// How long a layer just asked for may take to start before it counts as unavailable.
+const LAYER_START_GRACE: Duration = Duration::from_secs(3);
+/// A layer that did not start when asked for is not chosen again for this long.
+const LAYER_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// A layer stays on at the publisher this long after its last use (switching back is then
+/// quick, and the publisher's encoder is not toggled by every wobble of the estimate).
+const LAYER_KEEP_AFTER_USE: Duration = Duration::from_secs(10);
+/// No upgrade for this long after a downgrade (the estimate needs time to settle).
+const UPGRADE_HOLD: Duration = Duration::from_secs(4);
+/// A subscriber's quality report is sent again when only its estimate moved, at most this
+/// often.
+const QUALITY_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of the forwarding core.
 #[derive(Debug, Clone)]
@@ -98,6 +118,36 @@ pub enum RouterEvent {
         /// Whose.
         participant: ParticipantId,
     },
+    /// What a subscriber receives changed: its bandwidth estimate or a track's layer.
+    Quality {
+        /// The subscriber.
+        participant: ParticipantId,
+        /// The estimated bandwidth towards it, in bits per second.
+        estimate_bps: u64,
+        /// Every video track it is subscribed to.
+        tracks: Vec<TrackQuality>,
+    },
+    /// The simulcast layers of a publisher's track that someone receives changed; the
+    /// publisher should send only these (the others are paused).
+    LayersWanted {
+        /// The publisher.
+        participant: ParticipantId,
+        /// The track id in the publisher's own connection (`MediaStreamTrack.id`).
+        track_id: String,
+        /// The `rid`s to send.
+        rids: Vec<String>,
+    },
+}
+
+/// What a subscriber receives of one video track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackQuality {
+    /// The track id in the subscriber connection.
+    pub track_id: String,
+    /// The layer it receives (`None` for a track without simulcast or while paused).
+    pub rid: Option<String>,
+    /// Why it receives nothing, if so.
+    pub paused: Option<PauseReason>,
 }
 
 /// The answer to a publish offer.
@@ -129,6 +179,13 @@ pub struct RouterStats {
     /// Recording taps dropped because the queue for the recorder was full (the shell drains
     /// it after every input, so this stays 0 unless the loop stalls).
     pub dropped_taps: u64,
+    /// Simulcast layer switches made for subscribers (at keyframes).
+    pub layer_switches: u64,
+    /// Each subscriber's bandwidth estimate in bits per second, by participant.
+    pub estimates: Vec<(ParticipantId, u64)>,
+    /// Video subscriptions by what they receive: a layer's `rid` (`"single"` without
+    /// simulcast) or `paused_<reason>`.
+    pub video_subscriptions: Vec<(String, u64)>,
 }
 
 type TrackKey = (ParticipantId, String);
@@ -136,6 +193,14 @@ type TrackKey = (ParticipantId, String);
 struct Participant {
     info: ParticipantInfo,
     subscriber: RTCPeerConnection,
+    /// The congestion controller's estimate towards it.
+    estimate: Estimate,
+    /// The last REMB it sent (for a subscriber without transport-cc).
+    remb_bps: Option<u64>,
+    /// The track (id in its subscriber connection) it pinned.
+    pinned: Option<String>,
+    /// The last quality report sent to it, and when.
+    reported: Option<(u64, Vec<TrackQuality>, Instant)>,
     chat: Option<RTCDataChannelId>,
     chat_open: bool,
     subscriber_connected: bool,
@@ -143,6 +208,8 @@ struct Participant {
     needs_offer: bool,
     publisher: Option<RTCPeerConnection>,
     sources: HashMap<String, TrackSource>,
+    /// Simulcast `rid`s (lowest first) of each track id its last offer sends.
+    rids: TrackRids,
 }
 
 impl Participant {
@@ -162,11 +229,90 @@ struct PublishedTrack {
     media_ssrc: u32,
     /// The publisher's negotiated codecs by payload type; the first is the primary one.
     codecs: Vec<(u8, RTCRtpCodec)>,
+    /// The primary codec, when its keyframes can be recognised (layer switches wait for one).
+    video_codec: Option<VideoCodec>,
     extensions: Vec<(u8, String)>,
+    /// Its RTP streams, lowest first: one without simulcast.
+    layers: Vec<Layer>,
     subscriptions: Vec<Subscription>,
     last_keyframe_request: Option<Instant>,
-    /// Its tap number while its room is recorded.
-    tap: Option<TapId>,
+    /// Its tap while its room is recorded.
+    tap: Option<TrackTap>,
+}
+
+/// One RTP stream of a published track: a simulcast layer, or the only stream.
+struct Layer {
+    /// Its `rid` (none without simulcast).
+    rid: Option<String>,
+    /// Its SSRC, once a packet named it.
+    ssrc: Option<u32>,
+    meter: BitrateMeter,
+    /// Its picture height, from its last keyframe.
+    height: Option<u32>,
+    /// Whether the publisher was last asked to send it, and since when.
+    wanted: bool,
+    wanted_since: Option<Instant>,
+    /// When it last failed to start within [`LAYER_START_GRACE`] of being asked for (the
+    /// publisher cannot send it now, e.g. for its own bandwidth or CPU).
+    failed_at: Option<Instant>,
+    /// When a subscriber or the recording last received it or waited for it.
+    last_used: Option<Instant>,
+}
+
+impl Layer {
+    /// A layer just announced: the publisher sends it, or is about to.
+    fn new(rid: Option<String>, ssrc: Option<u32>, now: Instant) -> Self {
+        Self {
+            rid,
+            ssrc,
+            meter: BitrateMeter::new(),
+            height: None,
+            wanted: true,
+            wanted_since: Some(now),
+            failed_at: None,
+            last_used: None,
+        }
+    }
+
+    /// Whether media (not just padding) arrived recently.
+    fn flowing(&self, now: Instant) -> bool {
+        self.meter
+            .last_packet()
+            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_SILENT_AFTER)
+    }
+
+    /// Whether it may be chosen: it flows, or the publisher was told to pause it (and would
+    /// resume it when asked), or it was asked for only just now; a layer that recently failed
+    /// to start when asked is not chosen until it flows again.
+    fn available(&self, now: Instant) -> bool {
+        if self.flowing(now) {
+            return true;
+        }
+        let asked_for = self.wanted_since.map(|t| now.saturating_duration_since(t));
+        let failed = self
+            .failed_at
+            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_RETRY_AFTER);
+        let starting = asked_for.is_some_and(|d| d < LAYER_START_GRACE);
+        !failed && (!self.wanted || starting)
+    }
+
+    /// Notes a layer that was asked for and has not started within the grace time.
+    fn check_started(&mut self, now: Instant) {
+        let overdue = self
+            .wanted_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= LAYER_START_GRACE);
+        if self.wanted && overdue && !self.flowing(now) {
+            self.failed_at = Some(now);
+        }
+    }
+}
+
+/// A recorded track's tap: it follows the highest layer that flows, switching at keyframes.
+struct TrackTap {
+    id: TapId,
+    current: Option<usize>,
+    target: Option<usize>,
+    rewriter: SequenceRewriter,
 }
 
 /// One track forwarded to one subscriber (mediasoup's consumer).
@@ -177,6 +323,13 @@ struct Subscription {
     rewriter: SequenceRewriter,
     /// Payload-type and extension mapping, known once the subscriber has answered.
     negotiated: Option<Negotiated>,
+    /// The layer forwarded now.
+    current: Option<usize>,
+    /// What the allocator chose; a different layer is switched to at its next keyframe.
+    target: Choice,
+    /// The height the subscriber shows the track at (`Some(0)`: not shown).
+    shown_height: Option<u32>,
+    last_downgrade: Option<Instant>,
 }
 
 struct Negotiated {
@@ -212,6 +365,8 @@ pub struct Router {
     /// Taps for the recorder, drained by [`Router::poll_tap`].
     taps: VecDeque<Tap>,
     next_tap: TapId,
+    /// When layers are next chosen.
+    next_allocation: Option<Instant>,
 }
 
 impl Router {
@@ -232,12 +387,42 @@ impl Router {
             recorded_rooms: HashSet::new(),
             taps: VecDeque::new(),
             next_tap: 0,
+            next_allocation: None,
         }
     }
 
-    /// Counters since start.
-    pub fn stats(&self) -> &RouterStats {
-        &self.stats
+    /// Counters since start, with the current estimates and layers.
+    pub fn stats(&self) -> RouterStats {
+        let mut estimates: Vec<(ParticipantId, u64)> = self
+            .participants
+            .iter()
+            .map(|(id, p)| (*id, subscriber_estimate(p)))
+            .collect();
+        estimates.sort();
+        let mut by_layer: HashMap<String, u64> = HashMap::new();
+        for track in self
+            .tracks
+            .values()
+            .filter(|t| t.info.kind == TrackKind::Video)
+        {
+            for sub in &track.subscriptions {
+                let label = match sub.target {
+                    Choice::Paused(reason) => format!("paused_{}", reason.as_str()),
+                    Choice::Layer(l) => track.layers[l]
+                        .rid
+                        .clone()
+                        .unwrap_or_else(|| "single".to_owned()),
+                };
+                *by_layer.entry(label).or_default() += 1;
+            }
+        }
+        let mut by_layer: Vec<(String, u64)> = by_layer.into_iter().collect();
+        by_layer.sort();
+        RouterStats {
+            estimates,
+            video_subscriptions: by_layer,
+            ..self.stats.clone()
+        }
     }
 
     /// Participants currently in the router.
@@ -262,7 +447,8 @@ impl Router {
             return Err(SfuError::AlreadyJoined(info.id));
         }
         let id = info.id;
-        let mut new_peer = peer::build(now, self.config.media_addr)?;
+        let estimate = Estimate::new();
+        let mut new_peer = peer::build(now, self.config.media_addr, Some(&estimate))?;
         let chat = new_peer.pc.create_data_channel("chat", None)?.id();
         self.demux
             .register(new_peer.ufrag, (id, PcKind::Subscriber));
@@ -279,6 +465,10 @@ impl Router {
             Participant {
                 info,
                 subscriber: new_peer.pc,
+                estimate,
+                remb_bps: None,
+                pinned: None,
+                reported: None,
                 chat: Some(chat),
                 chat_open: false,
                 subscriber_connected: false,
@@ -286,6 +476,7 @@ impl Router {
                 needs_offer: false,
                 publisher: None,
                 sources: HashMap::new(),
+                rids: HashMap::new(),
             },
         );
         for key in existing {
@@ -316,10 +507,10 @@ impl Router {
         }
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
-        let sending = sending_track_ids(&offer)?;
+        let (sending, rids) = sending_tracks(&offer)?;
         let new_pc = participant.publisher.is_none();
         if new_pc {
-            let new_peer = peer::build(now, media_addr)?;
+            let new_peer = peer::build(now, media_addr, None)?;
             self.demux.register(new_peer.ufrag, (id, PcKind::Publisher));
             participant.publisher = Some(new_peer.pc);
         }
@@ -340,6 +531,8 @@ impl Router {
             .map(|d| d.sdp)
             .ok_or(SfuError::InvalidSdp("no local description".into()))?;
         participant.sources.extend(sources);
+        participant.rids = rids;
+        self.move_renewed_tracks(id, &sending);
 
         let gone: Vec<TrackKey> = self
             .tracks
@@ -352,6 +545,8 @@ impl Router {
         for key in gone {
             self.unpublish(now, &key);
         }
+        // Before the connection's events: the old receiver's close must find the track moved.
+        self.rebind_moved_tracks(now, id);
         self.process(now, (id, PcKind::Publisher));
         // A track whose SSRC the offer already names is published now rather than on its
         // first packet; this also republishes a reused transceiver (a screen share stopped
@@ -451,7 +646,7 @@ impl Router {
         } else if self.recorded_rooms.remove(room) {
             for key in keys {
                 if let Some(tap) = self.tracks.get_mut(&key).and_then(|t| t.tap.take()) {
-                    self.taps.push_back(Tap::Ended { tap });
+                    self.taps.push_back(Tap::Ended { tap: tap.id });
                 }
             }
         }
@@ -473,7 +668,17 @@ impl Router {
         }
         self.next_tap += 1;
         let tap = self.next_tap;
-        track.tap = Some(tap);
+        track.tap = Some(TrackTap {
+            id: tap,
+            current: None,
+            target: top_available(&track.layers, now),
+            rewriter: SequenceRewriter::new(
+                track.codecs[0].1.clock_rate,
+                rand::random(),
+                rand::random(),
+                now,
+            ),
+        });
         self.taps.push_back(Tap::Started(TapTrack {
             tap,
             room: room.to_owned(),
@@ -495,7 +700,7 @@ impl Router {
                 })
                 .collect(),
         }));
-        self.request_keyframe(now, key, Throttle::No);
+        self.request_keyframe(now, key, None, Throttle::No);
     }
 
     /// Sends `text` on the `chat` data channel of every participant of `from`'s room but
@@ -521,6 +726,55 @@ impl Router {
             }
             self.mark_dirty((member, PcKind::Subscriber));
         }
+    }
+
+    /// Sets the height (device pixels) at which `subscriber` shows one of its tracks (its id
+    /// in the subscriber connection): the layer it receives is at most as tall as needed;
+    /// `0` means not shown, and its video is paused.
+    pub fn set_shown_height(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantId,
+        track_id: &str,
+        height: u32,
+    ) -> Result<(), SfuError> {
+        let key = self
+            .downtracks
+            .get(&(subscriber, track_id.to_owned()))
+            .ok_or_else(|| SfuError::UnknownTrack(track_id.to_owned()))?;
+        if let Some(sub) = self.tracks.get_mut(key).and_then(|t| {
+            t.subscriptions
+                .iter_mut()
+                .find(|s| s.subscriber == subscriber)
+        }) {
+            sub.shown_height = Some(height);
+        }
+        self.allocate_for(now, subscriber);
+        self.update_wanted_layers(now);
+        Ok(())
+    }
+
+    /// Pins one of `subscriber`'s tracks (its id in the subscriber connection), or unpins
+    /// with `None`: a pinned video gets the best layer that fits before any other video.
+    pub fn set_pinned(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantId,
+        track_id: Option<&str>,
+    ) -> Result<(), SfuError> {
+        if let Some(id) = track_id
+            && !self.downtracks.contains_key(&(subscriber, id.to_owned()))
+        {
+            return Err(SfuError::UnknownTrack(id.to_owned()));
+        }
+        let p = self
+            .participants
+            .get_mut(&subscriber)
+            .ok_or(SfuError::UnknownParticipant(subscriber))?;
+        p.pinned = track_id.map(str::to_owned);
+        self.allocate_for(now, subscriber);
+        self.update_wanted_layers(now);
+        Ok(())
     }
 
     /// Feeds one received datagram.
@@ -571,11 +825,24 @@ impl Router {
         for key in due {
             self.process(now, key);
         }
+        if self.next_allocation.is_none_or(|t| t <= now) {
+            self.next_allocation = Some(now + ALLOCATION_INTERVAL);
+            for layer in self.tracks.values_mut().flat_map(|t| t.layers.iter_mut()) {
+                layer.check_started(now);
+            }
+            let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+            for id in ids {
+                self.allocate_for(now, id);
+            }
+            self.update_wanted_layers(now);
+        }
     }
 
     /// The next instant at which [`Router::handle_timeout`] must be called.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let mut earliest: Option<Instant> = None;
+        let mut earliest: Option<Instant> = self
+            .next_allocation
+            .filter(|_| !self.participants.is_empty());
         for p in self.participants.values_mut() {
             for kind in [PcKind::Subscriber, PcKind::Publisher] {
                 if let Some(t) = p.pc(kind).and_then(|pc| pc.poll_timeout()) {
@@ -660,12 +927,17 @@ impl Router {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
                 if kind == PcKind::Publisher =>
             {
+                debug!(participant = %id, track = %init.track_id, ssrc = init.ssrc, rid = ?init.rid, "track opened");
                 self.publish(now, id, init.receiver_id, init.track_id, init.ssrc);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id))
                 if kind == PcKind::Publisher =>
             {
-                self.unpublish(now, &(id, track_id));
+                // The close of a receiver the track has moved away from changes nothing.
+                let key = (id, track_id);
+                if !self.receiver_carries(&key) {
+                    self.unpublish(now, &key);
+                }
             }
             RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(dc))
                 if kind == PcKind::Subscriber =>
@@ -687,6 +959,14 @@ impl Router {
                 self.forward(now, &(id, track_id), packet);
             }
             (PcKind::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
+                for remb in packets
+                    .iter()
+                    .filter_map(|p| p.as_any().downcast_ref::<ReceiverEstimatedMaximumBitrate>())
+                {
+                    if let Some(p) = self.participants.get_mut(&id) {
+                        p.remb_bps = Some(remb.bitrate as u64);
+                    }
+                }
                 let Some(track_key) = self.downtracks.get(&(id, track_id)).cloned() else {
                     return;
                 };
@@ -694,7 +974,7 @@ impl Router {
                     let any = packet.as_any();
                     if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                         self.stats.keyframe_requests_received += 1;
-                        self.request_keyframe(now, &track_key, Throttle::Yes);
+                        self.request_keyframe(now, &track_key, Some(id), Throttle::Yes);
                     } else if any.is::<TransportLayerNack>() {
                         self.stats.nacks_received += 1;
                     }
@@ -732,6 +1012,7 @@ impl Router {
             return;
         };
         let source_hint = p.sources.get(&track_id).copied();
+        let rids = p.rids.get(&track_id).cloned().unwrap_or_default();
         let (identity, role, room) = (
             p.info.identity.clone(),
             p.info.role.clone(),
@@ -747,6 +1028,17 @@ impl Router {
         let kind = match receiver.track().kind() {
             RtpCodecKind::Audio => TrackKind::Audio,
             _ => TrackKind::Video,
+        };
+        let layers: Vec<Layer> = if rids.len() > 1 {
+            let first = receiver.track().rid(ssrc).cloned();
+            rids.into_iter()
+                .map(|rid| {
+                    let known = (first.as_ref() == Some(&rid)).then_some(ssrc);
+                    Layer::new(Some(rid), known, now)
+                })
+                .collect()
+        } else {
+            vec![Layer::new(None, Some(ssrc), now)]
         };
         let params = &receiver.get_parameters().rtp_parameters;
         let codecs: Vec<(u8, RTCRtpCodec)> = params
@@ -767,6 +1059,9 @@ impl Router {
             TrackKind::Audio => TrackSource::Microphone,
             TrackKind::Video => TrackSource::Camera,
         });
+        let video_codec = (kind == TrackKind::Video)
+            .then(|| VideoCodec::from_mime(&codecs[0].1.mime_type))
+            .flatten();
         let info = TrackInfo {
             stream_id: publisher.to_string(),
             track_id: format!("{publisher}-{track_id}"),
@@ -784,7 +1079,9 @@ impl Router {
                 receiver_id,
                 media_ssrc: ssrc,
                 codecs,
+                video_codec,
                 extensions,
+                layers,
                 subscriptions: Vec::new(),
                 last_keyframe_request: None,
                 tap: None,
@@ -802,6 +1099,115 @@ impl Router {
                 warn!(participant = %member, error = %e, "subscribing failed");
             }
         }
+    }
+
+    /// Moves each published track of `publisher` whose receiver no longer carries it to the
+    /// receiver that does now. The page sends its simulcast camera on a fresh transceiver at
+    /// every renegotiation: the `rtc` crate forgets which SSRC carries which `rid` when a
+    /// description is applied, and the browser names the `rid` only in a stream's first
+    /// packets. Subscribers keep their subscriptions and switch at the new stream's first
+    /// keyframe.
+    fn rebind_moved_tracks(&mut self, now: Instant, publisher: ParticipantId) {
+        let keys: Vec<TrackKey> = self
+            .tracks
+            .keys()
+            .filter(|(p, _)| *p == publisher)
+            .cloned()
+            .collect();
+        for key in keys {
+            if self.receiver_carries(&key) {
+                continue;
+            }
+            let Some(p) = self.participants.get_mut(&publisher) else {
+                return;
+            };
+            let rids = p.rids.get(&key.1).cloned().unwrap_or_default();
+            let Some(pc) = p.publisher.as_mut() else {
+                return;
+            };
+            let receivers: Vec<RTCRtpReceiverId> = pc.get_receivers().collect();
+            let Some((receiver_id, ssrc)) = receivers.into_iter().rev().find_map(|r| {
+                let receiver = pc.rtp_receiver(r)?;
+                let track = receiver.track();
+                (*track.track_id() == key.1).then(|| (r, track.ssrcs().next()))
+            }) else {
+                continue;
+            };
+            let Some(track) = self.tracks.get_mut(&key) else {
+                continue;
+            };
+            debug!(participant = %publisher, track = %key.1, "track moved to a new receiver");
+            track.receiver_id = receiver_id;
+            if let Some(ssrc) = ssrc {
+                track.media_ssrc = ssrc;
+            }
+            track.layers = if rids.len() > 1 {
+                rids.into_iter()
+                    .map(|rid| Layer::new(Some(rid), None, now))
+                    .collect()
+            } else {
+                vec![Layer::new(None, ssrc, now)]
+            };
+            for sub in track.subscriptions.iter_mut() {
+                sub.current = None;
+                sub.rewriter.reset_source();
+            }
+            if let Some(tap) = track.tap.as_mut() {
+                tap.current = None;
+                tap.rewriter.reset_source();
+            }
+            self.next_allocation = Some(now);
+        }
+    }
+
+    /// Re-keys a published simulcast track that the page now sends on a fresh transceiver
+    /// (under a new `a=msid` track id, same source) so that it stays the same track for its
+    /// subscribers; [`Router::rebind_moved_tracks`] then finds its new receiver.
+    fn move_renewed_tracks(&mut self, publisher: ParticipantId, sending: &HashSet<String>) {
+        let Some(p) = self.participants.get(&publisher) else {
+            return;
+        };
+        let gone: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|((owner, id), t)| {
+                *owner == publisher && t.layers.len() > 1 && !sending.contains(id)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for old in gone {
+            let source = p.sources.get(&old.1).copied();
+            let renewed = sending.iter().find(|id| {
+                p.rids.contains_key(*id)
+                    && p.sources.get(*id).copied() == source
+                    && !self.tracks.contains_key(&(publisher, (*id).clone()))
+            });
+            let Some(new_id) = renewed.cloned() else {
+                continue;
+            };
+            let Some(mut track) = self.tracks.remove(&old) else {
+                continue;
+            };
+            debug!(participant = %publisher, from = %old.1, to = %new_id, "track renewed");
+            track.publisher_track_id = new_id.clone();
+            let key = (publisher, new_id);
+            for target in self.downtracks.values_mut().filter(|k| **k == old) {
+                *target = key.clone();
+            }
+            self.tracks.insert(key, track);
+        }
+    }
+
+    /// Whether a published track's receiver still exists and carries it.
+    fn receiver_carries(&mut self, key: &TrackKey) -> bool {
+        let Some(receiver_id) = self.tracks.get(key).map(|t| t.receiver_id) else {
+            return false;
+        };
+        self.participants
+            .get_mut(&key.0)
+            .and_then(|p| p.publisher.as_mut())
+            .and_then(|pc| pc.rtp_receiver(receiver_id))
+            .is_some_and(|r| *r.track().track_id() == key.1)
     }
 
     /// Receivers of `publisher` that the last offer sends on, that have a known SSRC, and
@@ -844,7 +1250,7 @@ impl Router {
             return;
         };
         if let Some(tap) = track.tap {
-            self.taps.push_back(Tap::Ended { tap });
+            self.taps.push_back(Tap::Ended { tap: tap.id });
         }
         for sub in track.subscriptions {
             self.downtracks
@@ -906,9 +1312,14 @@ impl Router {
                 now,
             ),
             negotiated: None,
+            current: None,
+            target: Choice::Layer(0),
+            shown_height: None,
+            last_downgrade: None,
         });
         self.downtracks
             .insert((subscriber, track.info.track_id.clone()), key.clone());
+        self.allocate_for(now, subscriber);
         Ok(())
     }
 
@@ -998,24 +1409,72 @@ impl Router {
         // A subscription that starts on a live connection needs a keyframe now; one on a
         // connection still coming up gets it when the connection is up.
         for key in new_video {
-            self.request_keyframe(now, &key, Throttle::No);
+            self.request_keyframe(now, &key, Some(id), Throttle::No);
         }
     }
 
-    /// Forwards one publisher packet to every subscription of its track.
+    /// Forwards one publisher packet to every subscription of its track that receives its
+    /// layer (switching a subscription to its chosen layer when this packet starts a
+    /// keyframe of it), and to the track's tap.
     fn forward(&mut self, now: Instant, key: &TrackKey, packet: rtc::rtp::Packet) {
+        let Some(layer) = self.layer_of(key, packet.header.ssrc) else {
+            debug!(
+                ssrc = packet.header.ssrc,
+                "packet of an unknown layer dropped"
+            );
+            self.stats.dropped_packets += 1;
+            return;
+        };
         let Some(track) = self.tracks.get_mut(key) else {
             self.stats.dropped_packets += 1;
             return;
         };
         let payload_len = packet.payload.len() as u64;
-        if let Some(tap) = track.tap {
+        let codec = track.video_codec;
+        // Whether a subscription may start or change layers here: at a keyframe's first
+        // packet of a simulcast track; anywhere for a single stream, for audio, and for codecs
+        // whose keyframes we cannot see.
+        let simulcast = track.layers.len() > 1;
+        let switch_point =
+            !simulcast || codec.is_none_or(|c| simulcast::is_keyframe_start(c, &packet.payload));
+        // Padding-only packets (bandwidth probes) say nothing about a layer's media.
+        if !packet.payload.is_empty() {
+            let l = &mut track.layers[layer];
+            if !l.flowing(now) {
+                // A layer (re)starts: choose layers again at once.
+                self.next_allocation = Some(now);
+            }
+            l.meter.record(now, packet.payload.len());
+            if let Some(height) = codec.and_then(|c| simulcast::keyframe_height(c, &packet.payload))
+            {
+                l.height = Some(height);
+            }
+        }
+        // A single stream is recorded with its own numbering; layers are made one stream.
+        if let Some(tap) = track.tap.as_mut()
+            && follow(
+                &mut tap.current,
+                tap.target,
+                layer,
+                switch_point,
+                &mut tap.rewriter,
+            )
+            && let Some(rewritten) = if simulcast {
+                tap.rewriter
+                    .rewrite(packet.header.sequence_number, packet.header.timestamp, now)
+            } else {
+                Some(Rewritten {
+                    seq: packet.header.sequence_number,
+                    ts: packet.header.timestamp,
+                })
+            }
+        {
             if self.taps.len() < MAX_QUEUED_TAPS {
                 self.taps.push_back(Tap::Packet(TapPacket {
-                    tap,
+                    tap: tap.id,
                     payload_type: packet.header.payload_type,
-                    sequence_number: packet.header.sequence_number,
-                    timestamp: packet.header.timestamp,
+                    sequence_number: rewritten.seq,
+                    timestamp: rewritten.ts,
                     marker: packet.header.marker,
                     payload: packet.payload.clone(),
                 }));
@@ -1024,6 +1483,7 @@ impl Router {
             }
         }
         for sub in track.subscriptions.iter_mut() {
+            // A subscriber that cannot receive yet keeps waiting for its keyframe.
             let Some(p) = self.participants.get_mut(&sub.subscriber) else {
                 continue;
             };
@@ -1031,6 +1491,26 @@ impl Router {
             else {
                 continue;
             };
+            let target = match sub.target {
+                Choice::Layer(l) => Some(l),
+                Choice::Paused(_) => None,
+            };
+            let before = sub.current;
+            if !follow(
+                &mut sub.current,
+                target,
+                layer,
+                switch_point,
+                &mut sub.rewriter,
+            ) {
+                continue;
+            }
+            if before != sub.current {
+                debug!(subscriber = %sub.subscriber, ?before, now = ?sub.current, "layer switched");
+                if before.is_some() {
+                    self.stats.layer_switches += 1;
+                }
+            }
             let Some(pt) = negotiated.payload_type(packet.header.payload_type) else {
                 self.stats.dropped_packets += 1;
                 continue;
@@ -1057,6 +1537,10 @@ impl Router {
                     None => false,
                 });
             out.header.extension = !out.header.extensions.is_empty();
+            // Keep the header's padding bookkeeping consistent with the extensions left, so
+            // an interceptor adding one (transport-cc) marshals a valid header.
+            let ext_len = out.header.get_extension_payload_len();
+            out.header.extensions_padding = (4 - ext_len % 4) % 4;
             match p.subscriber.rtp_sender(sub.sender_id) {
                 Some(mut sender) => match sender.write_rtp(now, out) {
                     Ok(()) => {
@@ -1077,6 +1561,231 @@ impl Router {
         }
     }
 
+    /// The layer (index) of a track that an SSRC carries, learning it from the publisher's
+    /// connection (`rid`) the first time.
+    fn layer_of(&mut self, key: &TrackKey, ssrc: u32) -> Option<usize> {
+        let track = self.tracks.get_mut(key)?;
+        if track.layers.len() == 1 {
+            return Some(0);
+        }
+        if let Some(i) = track.layers.iter().position(|l| l.ssrc == Some(ssrc)) {
+            return Some(i);
+        }
+        let receiver = self
+            .participants
+            .get_mut(&key.0)?
+            .publisher
+            .as_mut()?
+            .rtp_receiver(track.receiver_id)?;
+        let rid = receiver.track().rid(ssrc)?.clone();
+        let i = track
+            .layers
+            .iter()
+            .position(|l| l.rid.as_deref() == Some(rid.as_str()))?;
+        track.layers[i].ssrc = Some(ssrc);
+        Some(i)
+    }
+
+    /// Chooses again what `subscriber` receives of each track, within its estimate; asks for
+    /// keyframes where it must switch, and tells it when anything changed.
+    fn allocate_for(&mut self, now: Instant, subscriber: ParticipantId) {
+        let Some(p) = self.participants.get(&subscriber) else {
+            return;
+        };
+        let budget = subscriber_estimate(p);
+        let pinned = p.pinned.clone();
+        let mut keys: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.subscriptions.iter().any(|s| s.subscriber == subscriber))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        let views: Vec<Vec<LayerView>> = keys
+            .iter()
+            .map(|k| {
+                let track = &self.tracks[k];
+                let nominal = nominal_bitrates(track.info.kind, track.layers.len());
+                track
+                    .layers
+                    .iter()
+                    .zip(nominal)
+                    .map(|(l, nominal)| LayerView {
+                        bitrate_bps: l.meter.bitrate_bps().unwrap_or(nominal),
+                        height: l.height,
+                        available: l.available(now),
+                    })
+                    .collect()
+            })
+            .collect();
+        let demands: Vec<Demand<'_>> = keys
+            .iter()
+            .zip(&views)
+            .map(|(k, layers)| {
+                let track = &self.tracks[k];
+                let sub = track
+                    .subscriptions
+                    .iter()
+                    .find(|s| s.subscriber == subscriber)
+                    .expect("filtered above");
+                Demand {
+                    audio: track.info.kind == TrackKind::Audio,
+                    pinned: pinned.as_deref() == Some(track.info.track_id.as_str()),
+                    shown_height: sub.shown_height,
+                    layers,
+                    current: Some(sub.target),
+                }
+            })
+            .collect();
+        let choices = simulcast::allocate(budget, &demands);
+        let mut need_keyframe = Vec::new();
+        let mut waiting = Vec::new();
+        let mut report = Vec::new();
+        for (key, choice) in keys.iter().zip(choices) {
+            let track = self.tracks.get_mut(key).expect("listed above");
+            let sub = track
+                .subscriptions
+                .iter_mut()
+                .find(|s| s.subscriber == subscriber)
+                .expect("filtered above");
+            let rank = |c: Choice| match c {
+                Choice::Layer(l) => l as i64,
+                Choice::Paused(_) => -1,
+            };
+            let upgrade = rank(choice) > rank(sub.target);
+            let held = sub
+                .last_downgrade
+                .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_HOLD);
+            let visible_again = matches!(sub.target, Choice::Paused(PauseReason::NotVisible));
+            if choice != sub.target && !(upgrade && held && !visible_again) {
+                if rank(choice) < rank(sub.target) {
+                    sub.last_downgrade = Some(now);
+                }
+                debug!(%subscriber, track = %track.info.track_id, from = ?sub.target, to = ?choice, budget, "layer chosen");
+                sub.target = choice;
+                if let Choice::Layer(l) = choice
+                    && sub.current != Some(l)
+                    && track.layers[l].flowing(now)
+                {
+                    need_keyframe.push(key.clone());
+                }
+            }
+            if let Choice::Layer(l) = sub.target
+                && sub.current != Some(l)
+                && track.info.kind == TrackKind::Video
+                && track.layers[l].flowing(now)
+            {
+                // Still waiting for the keyframe to switch at: ask again (throttled).
+                waiting.push(key.clone());
+            }
+            if track.info.kind == TrackKind::Video {
+                report.push(TrackQuality {
+                    track_id: track.info.track_id.clone(),
+                    rid: match sub.target {
+                        Choice::Layer(l) => track.layers[l].rid.clone(),
+                        Choice::Paused(_) => None,
+                    },
+                    paused: match sub.target {
+                        Choice::Paused(reason) => Some(reason),
+                        Choice::Layer(_) => None,
+                    },
+                });
+            }
+        }
+        for key in need_keyframe {
+            self.request_keyframe(now, &key, None, Throttle::No);
+        }
+        for key in waiting {
+            self.request_keyframe(now, &key, None, Throttle::Yes);
+        }
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        let changed = match &p.reported {
+            None => true,
+            Some((bps, tracks, at)) => {
+                *tracks != report
+                    || (now.saturating_duration_since(*at) >= QUALITY_REPORT_INTERVAL
+                        && budget.abs_diff(*bps) * 10 > *bps)
+            }
+        };
+        if changed {
+            p.reported = Some((budget, report.clone(), now));
+            self.events.push_back(RouterEvent::Quality {
+                participant: subscriber,
+                estimate_bps: budget,
+                tracks: report,
+            });
+        }
+    }
+
+    /// Tells publishers which simulcast layers someone receives (or is about to, or did
+    /// within [`LAYER_KEEP_AFTER_USE`]), so the others can be paused. The lowest layer stays
+    /// on while anyone subscribes, as the fallback under congestion; a recorded track keeps
+    /// its top layer.
+    fn update_wanted_layers(&mut self, now: Instant) {
+        for ((publisher, _), track) in self.tracks.iter_mut() {
+            if track.layers.len() < 2 {
+                continue;
+            }
+            // Recording follows the highest layer that flows.
+            if let Some(tap) = track.tap.as_mut() {
+                tap.target = top_available(&track.layers, now);
+            }
+            let used = track
+                .subscriptions
+                .iter()
+                .flat_map(|s| {
+                    let target = match s.target {
+                        Choice::Layer(l) => Some(l),
+                        Choice::Paused(_) => None,
+                    };
+                    [target, s.current]
+                })
+                .chain(track.tap.iter().flat_map(|t| [t.target, t.current]));
+            for l in used.flatten() {
+                track.layers[l].last_used = Some(now);
+            }
+            let top = track.layers.len() - 1;
+            let watched = !track.subscriptions.is_empty() || track.tap.is_some();
+            let wanted: Vec<bool> = track
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let recent = l
+                        .last_used
+                        .is_some_and(|t| now.saturating_duration_since(t) < LAYER_KEEP_AFTER_USE);
+                    recent || (i == 0 && watched) || (i == top && track.tap.is_some())
+                })
+                .collect();
+            let changed = track
+                .layers
+                .iter()
+                .zip(&wanted)
+                .any(|(l, w)| l.wanted != *w);
+            if !changed {
+                continue;
+            }
+            for (l, w) in track.layers.iter_mut().zip(&wanted) {
+                if *w && !l.wanted {
+                    l.wanted_since = Some(now);
+                }
+                l.wanted = *w;
+            }
+            self.events.push_back(RouterEvent::LayersWanted {
+                participant: *publisher,
+                track_id: track.publisher_track_id.clone(),
+                rids: track
+                    .layers
+                    .iter()
+                    .filter(|l| l.wanted)
+                    .filter_map(|l| l.rid.clone())
+                    .collect(),
+            });
+        }
+    }
+
     /// Asks the publishers of every video track `subscriber` receives for a keyframe.
     fn request_keyframes_for(&mut self, now: Instant, subscriber: ParticipantId) {
         let keys: Vec<TrackKey> = self
@@ -1089,15 +1798,22 @@ impl Router {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            self.request_keyframe(now, &key, Throttle::No);
+            self.request_keyframe(now, &key, Some(subscriber), Throttle::No);
         }
     }
 
-    /// Sends a PLI to a track's publisher. Requests relayed from subscribers are throttled
-    /// to one per `keyframe_request_interval`; the router's own (a subscription starting, a
-    /// subscriber connecting) are not, since each is needed by someone who has no picture yet
-    /// and they come only with joins and renegotiations.
-    fn request_keyframe(&mut self, now: Instant, key: &TrackKey, throttle: Throttle) {
+    /// Sends a PLI to a track's publisher: for the layer `for_subscriber` receives (or is
+    /// about to), or else for each layer someone waits to switch to. Requests relayed from
+    /// subscribers and repeated while waiting are throttled to one per
+    /// `keyframe_request_interval`; the router's own first ones (a subscription starting, a
+    /// subscriber connecting) are not, since each is needed by someone who has no picture.
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        key: &TrackKey,
+        for_subscriber: Option<ParticipantId>,
+        throttle: Throttle,
+    ) {
         let interval = self.config.keyframe_request_interval;
         let Some(track) = self.tracks.get_mut(key) else {
             return;
@@ -1116,11 +1832,44 @@ impl Router {
         else {
             return;
         };
-        let pli = PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc: track.media_ssrc,
+        let layer_of = |c: Choice| match c {
+            Choice::Layer(l) => Some(l),
+            Choice::Paused(_) => None,
         };
-        match receiver.write_rtcp(now, vec![Box::new(pli)]) {
+        let mut layers: Vec<usize> = match for_subscriber {
+            Some(id) => track
+                .subscriptions
+                .iter()
+                .filter(|s| s.subscriber == id)
+                .filter_map(|s| s.current.or(layer_of(s.target)))
+                .collect(),
+            None => track
+                .subscriptions
+                .iter()
+                .map(|s| (layer_of(s.target), s.current))
+                .chain(track.tap.iter().map(|t| (t.target, t.current)))
+                .filter_map(|(target, current)| target.filter(|t| current != Some(*t)))
+                .collect(),
+        };
+        if layers.is_empty() {
+            return;
+        }
+        layers.sort_unstable();
+        layers.dedup();
+        let ssrcs: Vec<u32> = layers
+            .iter()
+            .map(|&l| track.layers[l].ssrc.unwrap_or(track.media_ssrc))
+            .collect();
+        let plis: Vec<Box<dyn rtc::rtcp::Packet>> = ssrcs
+            .into_iter()
+            .map(|media_ssrc| {
+                Box::new(PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                }) as Box<dyn rtc::rtcp::Packet>
+            })
+            .collect();
+        match receiver.write_rtcp(now, plis) {
             Ok(()) => {
                 track.last_keyframe_request = Some(now);
                 self.stats.plis_sent += 1;
@@ -1138,12 +1887,68 @@ enum Throttle {
     No,
 }
 
-/// Track ids (the `a=msid` track part) of the m-lines an offer actually sends on.
-fn sending_track_ids(offer: &RTCSessionDescription) -> Result<HashSet<String>, SfuError> {
+/// Moves a forwarding state (`current` layer) towards `target` as a packet of `layer`
+/// passes, and says whether that packet is to be forwarded: a different target is switched
+/// to at a switch point (a keyframe) of its layer, restarting the rewriter's source mapping.
+/// A state that forwards nothing yet starts at the first switch point of any layer up to the
+/// target, so the first picture comes as soon as possible; it moves on to the target later.
+fn follow(
+    current: &mut Option<usize>,
+    target: Option<usize>,
+    layer: usize,
+    switch_point: bool,
+    rewriter: &mut SequenceRewriter,
+) -> bool {
+    if target.is_none() {
+        *current = None;
+        return false;
+    }
+    let start = current.is_none() && target.is_some_and(|t| layer <= t);
+    if switch_point && *current != Some(layer) && (target == Some(layer) || start) {
+        if current.is_some() {
+            rewriter.reset_source();
+        }
+        *current = Some(layer);
+    }
+    *current == Some(layer)
+}
+
+/// The highest layer that can be chosen now.
+fn top_available(layers: &[Layer], now: Instant) -> Option<usize> {
+    layers.iter().rposition(|l| l.available(now))
+}
+
+/// The estimate a subscriber's layers are chosen within: its congestion controller's once
+/// transport-cc feedback arrives, otherwise its REMB, otherwise the initial guess.
+fn subscriber_estimate(p: &Participant) -> u64 {
+    match p.remb_bps {
+        Some(remb) if !p.estimate.fed() => remb,
+        _ => p.estimate.bps(),
+    }
+}
+
+/// Bitrates assumed for layers not measured yet (lowest first).
+fn nominal_bitrates(kind: TrackKind, layers: usize) -> Vec<u64> {
+    match kind {
+        TrackKind::Audio => vec![40_000; layers],
+        TrackKind::Video => {
+            // 150 kbit/s for the lowest, tripling upwards (the usual 180p/360p/720p ladder).
+            (0..layers as u32).map(|i| 150_000 * 3u64.pow(i)).collect()
+        }
+    }
+}
+
+/// Simulcast `rid`s by track id, lowest first.
+type TrackRids = HashMap<String, Vec<String>>;
+
+/// Track ids (the `a=msid` track part) of the m-lines an offer actually sends on, and the
+/// simulcast `rid`s of each (`a=rid:<id> send`, in the offer's order: lowest first).
+fn sending_tracks(offer: &RTCSessionDescription) -> Result<(HashSet<String>, TrackRids), SfuError> {
     let parsed = offer
         .unmarshal()
         .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
     let mut ids = HashSet::new();
+    let mut rids = HashMap::new();
     for media in &parsed.media_descriptions {
         let attr = |name: &str| {
             media
@@ -1161,8 +1966,21 @@ fn sending_track_ids(offer: &RTCSessionDescription) -> Result<HashSet<String>, S
         if let Some(track) =
             attr("msid").and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
         {
+            let layer_rids: Vec<String> = media
+                .attributes
+                .iter()
+                .filter(|a| a.key == "rid")
+                .filter_map(|a| {
+                    let mut parts = a.value.as_deref()?.split_whitespace();
+                    let rid = parts.next()?;
+                    (parts.next() == Some("send")).then(|| rid.to_owned())
+                })
+                .collect();
+            if !layer_rids.is_empty() {
+                rids.insert(track.clone(), layer_rids);
+            }
             ids.insert(track);
         }
     }
-    Ok(ids)
+    Ok((ids, rids))
 }

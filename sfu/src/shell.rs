@@ -54,6 +54,17 @@ enum Command {
         room: String,
         on: bool,
     },
+    SetShownHeight {
+        id: ParticipantId,
+        track_id: String,
+        height: u32,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    SetPinned {
+        id: ParticipantId,
+        track_id: Option<String>,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
 }
 
 /// A snapshot of the router's gauges and counters, refreshed by the media loop.
@@ -151,6 +162,36 @@ impl SfuHandle {
             })
             .await
             .map_err(|_| MediaLoopGone)
+    }
+
+    /// See [`Router::set_shown_height`].
+    pub async fn set_shown_height(
+        &self,
+        id: ParticipantId,
+        track_id: String,
+        height: u32,
+    ) -> Result<Result<(), SfuError>, MediaLoopGone> {
+        self.call(|reply| Command::SetShownHeight {
+            id,
+            track_id,
+            height,
+            reply,
+        })
+        .await
+    }
+
+    /// See [`Router::set_pinned`].
+    pub async fn set_pinned(
+        &self,
+        id: ParticipantId,
+        track_id: Option<String>,
+    ) -> Result<Result<(), SfuError>, MediaLoopGone> {
+        self.call(|reply| Command::SetPinned {
+            id,
+            track_id,
+            reply,
+        })
+        .await
     }
 
     /// See [`Router::broadcast_chat`].
@@ -270,7 +311,7 @@ async fn run(
                 participants: router.participant_count(),
                 tracks: router.track_count(),
                 subscriptions: router.subscription_count(),
-                router: router.stats().clone(),
+                router: router.stats(),
             };
         }
         let deadline = router
@@ -401,5 +442,20 @@ fn apply(router: &mut Router, command: Command) {
         Command::Leave(id) => router.leave(now, id),
         Command::BroadcastChat { from, payload } => router.broadcast_chat(now, from, &payload),
         Command::SetRecording { room, on } => router.set_recording(now, &room, on),
+        Command::SetShownHeight {
+            id,
+            track_id,
+            height,
+            reply,
+        } => {
+            let _ = reply.send(router.set_shown_height(now, id, &track_id, height));
+        }
+        Command::SetPinned {
+            id,
+            track_id,
+            reply,
+        } => {
+            let _ = reply.send(router.set_pinned(now, id, track_id.as_deref()));
+        }
     }
 }

@@ -180,6 +180,29 @@ pub async fn dispatch(state: Arc<AppState>, mut events: mpsc::UnboundedReceiver<
                 let payload = serde_json::to_string(&out).expect("chat serializes");
                 state.sfu.broadcast_chat(from, payload).await;
             }
+            RouterEvent::Quality {
+                participant,
+                estimate_bps,
+                tracks,
+            } => {
+                state.registry.send(
+                    participant,
+                    SessionSignal::Send(ServerMessage::Quality {
+                        estimate_bps,
+                        tracks: tracks.into_iter().map(Into::into).collect(),
+                    }),
+                );
+            }
+            RouterEvent::LayersWanted {
+                participant,
+                track_id,
+                rids,
+            } => {
+                state.registry.send(
+                    participant,
+                    SessionSignal::Send(ServerMessage::LayersWanted { track_id, rids }),
+                );
+            }
             RouterEvent::TransportFailed { participant } => {
                 state.registry.send(
                     participant,

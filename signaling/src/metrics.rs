@@ -4,7 +4,9 @@
 use crate::registry::Registry as Rooms;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use sfu::shell::SfuHandle;
 use std::sync::Arc;
 
@@ -82,6 +84,20 @@ pub(crate) fn gauge(name: &str, help: &str, value: u64) -> Vec<MetricFamily> {
     g.collect()
 }
 
+/// A gauge with one label, one sample per `(label value, value)`.
+fn labelled_gauge(
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, u64)],
+) -> Vec<MetricFamily> {
+    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("metric");
+    for (l, v) in values {
+        g.with_label_values(&[l.as_str()]).set(*v as i64);
+    }
+    g.collect()
+}
+
 pub(crate) fn counter(name: &str, help: &str, value: u64) -> Vec<MetricFamily> {
     let c = IntCounter::new(name, help).expect("metric");
     c.inc_by(value);
@@ -146,6 +162,26 @@ impl Collector for Snapshot {
                 "dropped_taps_total",
                 "Recording taps dropped in the media loop",
                 r.dropped_taps,
+            ),
+            counter(
+                "layer_switches_total",
+                "Simulcast layer switches made for subscribers",
+                r.layer_switches,
+            ),
+            labelled_gauge(
+                "subscriber_bandwidth_estimate_bps",
+                "Estimated bandwidth towards each participant's subscriber connection",
+                "participant",
+                &r.estimates
+                    .iter()
+                    .map(|(p, bps)| (p.to_string(), *bps))
+                    .collect::<Vec<_>>(),
+            ),
+            labelled_gauge(
+                "video_subscriptions",
+                "Video subscriptions by the simulcast layer they receive, or why paused",
+                "layer",
+                &r.video_subscriptions,
             ),
         ]
         .into_iter()

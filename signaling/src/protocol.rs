@@ -44,6 +44,22 @@ pub enum ClientMessage {
         /// Whether the room is to be recorded.
         on: bool,
     },
+    /// The size at which the client shows a received video (its tile), so that it is sent
+    /// no larger than that; `0 x 0` when it is not shown.
+    TrackSettings {
+        /// The track id as in `subscribe_offer`.
+        track_id: String,
+        /// Shown width in device pixels.
+        width: u32,
+        /// Shown height in device pixels.
+        height: u32,
+    },
+    /// Keep one received track (e.g. a shared ECG or ultrasound screen) at the best quality
+    /// the link allows, at the cost of other video; `null` unpins.
+    Pin {
+        /// The track id as in `subscribe_offer`, or none.
+        track_id: Option<String>,
+    },
     /// Leave the room.
     Leave {},
 }
@@ -88,6 +104,31 @@ pub struct RemoteTrack {
     pub track: TrackInfo,
     /// Whether the publisher has muted it.
     pub muted: bool,
+}
+
+/// What a client receives of one video track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrackQualityView {
+    /// The track id as in `subscribe_offer`.
+    pub track_id: String,
+    /// The simulcast layer received (`null` without simulcast or while paused).
+    pub rid: Option<String>,
+    /// Whether no video of it is received now.
+    pub paused: bool,
+    /// Why it is paused: `bandwidth` (the link cannot carry even the lowest layer),
+    /// `not_visible`, or `publisher_paused`.
+    pub reason: Option<&'static str>,
+}
+
+impl From<sfu::TrackQuality> for TrackQualityView {
+    fn from(q: sfu::TrackQuality) -> Self {
+        Self {
+            track_id: q.track_id,
+            rid: q.rid,
+            paused: q.paused.is_some(),
+            reason: q.paused.map(|r| r.as_str()),
+        }
+    }
 }
 
 /// Why a participant left.
@@ -163,6 +204,23 @@ pub enum ServerMessage {
         /// Whether it is muted.
         muted: bool,
     },
+    /// What the client receives now: the bandwidth estimate towards it and, per video
+    /// track, the simulcast layer or why it is paused. Sent when anything changes (at most
+    /// about once a second for the estimate alone).
+    Quality {
+        /// Estimated bandwidth towards the client, in bits per second.
+        estimate_bps: u64,
+        /// Every video track it receives.
+        tracks: Vec<TrackQualityView>,
+    },
+    /// To a publisher: send only these simulcast layers of one of its tracks; the others
+    /// are not watched by anyone and are to be paused.
+    LayersWanted {
+        /// The publisher's own `MediaStreamTrack.id`.
+        track_id: String,
+        /// The `rid`s to keep sending.
+        rids: Vec<String>,
+    },
     /// A typed error.
     Error {
         /// Machine-readable code.
@@ -208,6 +266,8 @@ pub enum ErrorCode {
     Removed,
     /// Recording cannot start now (no recorder, a full disk, the recorder stopped).
     RecordingUnavailable,
+    /// No track with that id is forwarded to this participant.
+    UnknownTrack,
     /// A server failure.
     Internal,
 }
@@ -248,6 +308,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Removed => "removed",
             ErrorCode::RecordingUnavailable => "recording_unavailable",
+            ErrorCode::UnknownTrack => "unknown_track",
             ErrorCode::Internal => "internal",
         }
     }
@@ -282,12 +343,14 @@ impl From<ProtocolError> for ServerMessage {
     }
 }
 
-const KNOWN_TYPES: [&str; 6] = [
+const KNOWN_TYPES: [&str; 8] = [
     "join",
     "publish_offer",
     "subscribe_answer",
     "set_muted",
     "set_recording",
+    "track_settings",
+    "pin",
     "leave",
 ];
 
@@ -346,6 +409,41 @@ mod tests {
 
     fn code(text: &str) -> ErrorCode {
         parse_client_message(text).unwrap_err().code
+    }
+
+    #[test]
+    fn quality_messages_parse_and_serialize() {
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"track_settings","track_id":"p1-t","width":640,"height":360}"#
+            )
+            .unwrap(),
+            ClientMessage::TrackSettings {
+                track_id: "p1-t".into(),
+                width: 640,
+                height: 360
+            }
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"pin","track_id":null}"#).unwrap(),
+            ClientMessage::Pin { track_id: None }
+        );
+        assert_eq!(
+            code(r#"{"type":"track_settings","track_id":"t","width":-1,"height":1}"#),
+            ErrorCode::InvalidJson
+        );
+        let quality = ServerMessage::Quality {
+            estimate_bps: 480_000,
+            tracks: vec![TrackQualityView::from(sfu::TrackQuality {
+                track_id: "p1-t".into(),
+                rid: None,
+                paused: Some(sfu::simulcast::PauseReason::Bandwidth),
+            })],
+        };
+        assert_eq!(
+            serde_json::to_string(&quality).unwrap(),
+            r#"{"type":"quality","estimate_bps":480000,"tracks":[{"track_id":"p1-t","rid":null,"paused":true,"reason":"bandwidth"}]}"#
+        );
     }
 
     #[test]

@@ -226,6 +226,18 @@ async fn handle(
                 .map_err(|e| ProtocolError::new(ErrorCode::RecordingUnavailable, e.to_string()))?;
             Ok(Next::Continue)
         }
+        ClientMessage::TrackSettings {
+            track_id,
+            width: _,
+            height,
+        } => {
+            media(state.sfu.set_shown_height(me.id, track_id, height).await)?;
+            Ok(Next::Continue)
+        }
+        ClientMessage::Pin { track_id } => {
+            media(state.sfu.set_pinned(me.id, track_id).await)?;
+            Ok(Next::Continue)
+        }
         ClientMessage::Leave {} => Ok(Next::Leave),
     }
 }
@@ -318,6 +330,9 @@ fn media<T>(
         )),
         Ok(Err(SfuError::PublishForbidden)) => {
             Err(ProtocolError::new(ErrorCode::Forbidden, "may not publish"))
+        }
+        Ok(Err(e @ SfuError::UnknownTrack(_))) => {
+            Err(ProtocolError::new(ErrorCode::UnknownTrack, e.to_string()))
         }
         Ok(Err(e)) => Err(ProtocolError::new(ErrorCode::Internal, e.to_string())),
         Err(e) => Err(ProtocolError::new(ErrorCode::Internal, e.to_string())),

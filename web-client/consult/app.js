@@ -18,6 +18,11 @@
  *     recording: { recording_id: string, by: string, since_ms: number } | null,
  *                                     // the room's recording in progress (the indicator is
  *                                     // shown exactly while this is not null)
+ *     quality: { estimate_bps: number, tracks: [{ track_id: string, rid: string | null,
+ *                paused: boolean, reason: string | null }] } | null,
+ *                                     // the server's last `quality` report: its bandwidth
+ *                                     // estimate towards us and the layer of each video
+ *     pinned: string | null,          // the track id we pinned
  *   }
  *
  *   window.medrelayStats() → Promise<[{
@@ -107,6 +112,8 @@ const state = {
   screenBusy: false,
   /** The room's recording in progress, from `joined` and `recording` messages. */
   recording: null,
+  /** The server's last `quality` report (estimate and layers of what we receive). */
+  received: null,
 };
 
 /** What exists while connected. */
@@ -131,6 +138,12 @@ const session = {
 };
 
 const tiles = new TileGrid($('tiles'), {
+  onPin: (trackId) => {
+    if (state.phase === 'joined') session.signaling.send('pin', { track_id: trackId });
+  },
+  onShownSize: (trackId, width, height) => {
+    if (state.phase === 'joined') session.signaling.send('track_settings', { track_id: trackId, width, height });
+  },
   onAudioBlocked: () => {
     state.audioBlocked = true;
     render();
@@ -153,6 +166,8 @@ window.medrelayState = () => ({
   error: state.error && { code: state.error.code, message: state.error.message },
   connectionQuality: state.quality,
   recording: state.recording,
+  quality: state.received,
+  pinned: tiles.pinned(),
 });
 
 window.medrelayStats = async () => (session.subscriber ? session.subscriber.inboundStats() : []);
@@ -246,6 +261,12 @@ async function handleMessage(msg) {
       session.subscriber?.setTrackMuted(msg.participant_id, msg.track_id, msg.muted);
       refreshRemote();
       return;
+    case 'quality':
+      state.received = { estimate_bps: msg.estimate_bps, tracks: msg.tracks };
+      tiles.setQuality(msg);
+      return;
+    case 'layers_wanted':
+      return session.publisher?.setLayers(msg.track_id, msg.rids);
     case 'error':
       return onServerError(msg);
     default:

@@ -2,6 +2,9 @@
  * Local capture: camera and microphone with fallbacks, and screen share.
  */
 
+/** The camera as a consult wants it: 720p where the camera has it (sent as simulcast). */
+const CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+
 /**
  * Opens the camera and microphone, falling back to the microphone alone and then to no
  * media at all. Never rejects.
@@ -12,7 +15,7 @@ export async function openLocalMedia() {
   const devices = navigator.mediaDevices;
   if (devices?.getUserMedia) {
     try {
-      return { stream: await devices.getUserMedia({ video: true, audio: true }), notice: null };
+      return { stream: await devices.getUserMedia({ video: CAMERA, audio: true }), notice: null };
     } catch (err) {
       console.warn('camera+microphone unavailable:', err.name, err.message);
     }

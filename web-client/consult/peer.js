@@ -33,6 +33,29 @@ import { mediaSections } from './sdp.js';
 const PUBLISH_ANSWER_TIMEOUT_MS = 10_000;
 
 /**
+ * The camera's simulcast layers, lowest first (the order the server ranks them in): a
+ * quarter, half and full resolution (180p, 360p and 720p from a 720p camera).
+ */
+const SIMULCAST_LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
+/**
+ * The layers for a camera of this height: browsers send at most two layers below 540p
+ * (dropping the top one) and one below 360p, so smaller cameras get the top two, or no
+ * simulcast at all (undefined).
+ * @param {MediaStreamTrack} track
+ */
+function simulcastLayers(track) {
+  const height = track.getSettings?.().height ?? 720;
+  const count = height >= 540 ? 3 : height >= 360 ? 2 : 1;
+  if (count === 1) return undefined;
+  return SIMULCAST_LAYERS.slice(SIMULCAST_LAYERS.length - count).map((layer) => ({ ...layer }));
+}
+
+/**
  * The peer connections' configuration.
  * @param {{iceServers?: RTCIceServer[], relayOnly?: boolean}} ice the TURN servers (with our
  *   short-lived credentials, from `joined`) and whether to use nothing but them
@@ -171,6 +194,8 @@ export class PublisherPeer {
   pc;
   /** The source of every transceiver we added. */
   #sources = new Map();
+  /** The stream of each simulcast transceiver, to send it afresh when renegotiating. */
+  #streams = new Map();
   /** The announced `track_id` of every source published by the last accepted offer. */
   #published = new Map();
   /** The `publish_offer` awaiting its answer: {resolve, reject}. */
@@ -204,8 +229,66 @@ export class PublisherPeer {
    * @param {MediaStream} stream
    */
   addTrack(track, source, stream) {
-    const transceiver = this.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    const init = { direction: 'sendonly', streams: [stream] };
+    // The camera goes out in three simulcast layers; the server forwards to each viewer
+    // the one its link and tile size allow, and pauses the ones nobody watches.
+    if (source === 'camera') init.sendEncodings = simulcastLayers(track);
+    const transceiver = this.pc.addTransceiver(track, init);
     this.#sources.set(transceiver, source);
+    if (init.sendEncodings) this.#streams.set(transceiver, stream);
+  }
+
+  /**
+   * Moves each negotiated simulcast track to a fresh transceiver before a new offer. A
+   * browser names a layer's `rid` only in a stream's first packets, and the server learns
+   * which stream is which layer from them again after every negotiation; new streams carry
+   * them. The server keeps the track and switches its viewers at the new streams' first
+   * keyframe.
+   */
+  #renewSimulcast() {
+    for (const [old, stream] of [...this.#streams]) {
+      if (old.currentDirection !== 'sendonly' || !old.sender.track) continue;
+      const { track } = old.sender;
+      const active = old.sender.getParameters().encodings.map((e) => [e.rid, e.active]);
+      const sendEncodings = (simulcastLayers(track) ?? []).map((layer) => ({
+        ...layer,
+        active: active.find(([rid]) => rid === layer.rid)?.[1] ?? true,
+      }));
+      const source = this.#sources.get(old);
+      old.stop();
+      this.#sources.delete(old);
+      this.#streams.delete(old);
+      const fresh = this.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream], sendEncodings });
+      this.#sources.set(fresh, source);
+      this.#streams.set(fresh, stream);
+    }
+  }
+
+  /**
+   * Sends only the simulcast layers `rids` of the published track `trackId` (the server's
+   * `layers_wanted`, naming the track as announced); the others are paused until someone
+   * watches them.
+   * @param {string} trackId
+   * @param {string[]} rids
+   */
+  async setLayers(trackId, rids) {
+    // `trackId` is the one announced in `publish_offer` (its m-line's a=msid), per source.
+    const source = [...this.#published].find(([, id]) => id === trackId)?.[0];
+    const transceiver = [...this.#sources].find(([, src]) => src === source)?.[0];
+    if (!source || !transceiver) return;
+    const params = transceiver.sender.getParameters();
+    if (!params.encodings?.length) return;
+    let changed = false;
+    for (const encoding of params.encodings) {
+      const active = rids.includes(encoding.rid);
+      if (encoding.rid && encoding.active !== active) {
+        encoding.active = active;
+        changed = true;
+      }
+    }
+    if (changed) {
+      await transceiver.sender.setParameters(params).catch((err) => console.warn('publisher: pausing layers failed', err));
+    }
   }
 
   /**
@@ -300,6 +383,7 @@ export class PublisherPeer {
   }
 
   async #offerOnce() {
+    this.#renewSimulcast();
     await this.pc.setLocalDescription(await this.pc.createOffer());
     const sdp = this.pc.localDescription.sdp;
     const sections = mediaSections(sdp);

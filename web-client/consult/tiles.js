@@ -1,7 +1,9 @@
 /**
  * The video grid: our own preview first, then one tile per remote participant (camera
  * video and microphone audio on one MediaStream per participant) and an extra tile for
- * every screen share, right after its owner's.
+ * every screen share, right after its owner's. Remote video tiles report the size they are
+ * shown at (the server sends no larger a layer), can be pinned (kept at the best quality),
+ * and say when the server paused their video for a poor connection.
  */
 
 import { t, roleLabel } from '../shared/i18n.js';
@@ -24,7 +26,11 @@ class Tile {
   #role = document.createElement('span');
   #micFlag = document.createElement('span');
   #camFlag = document.createElement('span');
+  #pausedNote = document.createElement('div');
+  #pin = null;
   #stream = new MediaStream();
+  /** Subscriber-side id of the video shown (remote tiles), as in `subscribe_offer`. */
+  videoTrackId = null;
   #cameraOff = false;
   #variant;
   #participant;
@@ -35,7 +41,7 @@ class Tile {
    * @param {Participant} participant the owner
    * @param {() => void} onAudioBlocked the browser refused to play audio without a gesture
    */
-  constructor(variant, participant, onAudioBlocked) {
+  constructor(variant, participant, onAudioBlocked, onPin = null) {
     this.#variant = variant;
     this.#participant = participant;
     this.#onAudioBlocked = onAudioBlocked;
@@ -56,7 +62,17 @@ class Tile {
     this.#micFlag.hidden = true;
     this.#camFlag.hidden = true;
     caption.append(this.#name, this.#role, this.#micFlag, this.#camFlag);
-    this.el.append(this.#video, this.#placeholder, caption);
+    if (onPin) {
+      this.#pin = document.createElement('button');
+      this.#pin.type = 'button';
+      this.#pin.className = 'tile-pin';
+      this.#pin.setAttribute('aria-pressed', 'false');
+      this.#pin.addEventListener('click', () => this.videoTrackId && onPin(this.videoTrackId));
+      caption.append(this.#pin);
+    }
+    this.#pausedNote.className = 'tile-paused';
+    this.#pausedNote.hidden = true;
+    this.el.append(this.#video, this.#placeholder, this.#pausedNote, caption);
     if (variant === 'remote') {
       this.#audio = document.createElement('audio');
       this.#audio.autoplay = true;
@@ -117,6 +133,22 @@ class Tile {
     this.#placeholder.hidden = visible;
   }
 
+  /** Height in device pixels at which the video is shown now (0 when it is not). */
+  shownHeight() {
+    if (this.#video.hidden || !this.el.isConnected) return 0;
+    return Math.round(this.#video.getBoundingClientRect().height * (window.devicePixelRatio || 1));
+  }
+
+  /** Shows or hides the "video paused: poor connection" note. */
+  setPaused(paused) {
+    this.#pausedNote.hidden = !paused;
+  }
+
+  /** Marks the tile as pinned or not. */
+  setPinned(pinned) {
+    this.#pin?.setAttribute('aria-pressed', String(pinned));
+  }
+
   /** Renders the caption in the active language. */
   render() {
     const { identity, role } = this.#participant;
@@ -132,6 +164,12 @@ class Tile {
     this.#avatar.textContent = initials(identity);
     this.#micFlag.textContent = t('tile.micMuted');
     this.#camFlag.textContent = t('tile.cameraOff');
+    this.#pausedNote.textContent = t('tile.videoPaused');
+    if (this.#pin) {
+      const pinned = this.#pin.getAttribute('aria-pressed') === 'true';
+      this.#pin.textContent = t(pinned ? 'tile.unpin' : 'tile.pin');
+      this.#pin.title = t('tile.pinHint');
+    }
     this.el.setAttribute('aria-label', `${name}, ${roleLabel(role)}`);
   }
 
@@ -145,6 +183,12 @@ class Tile {
 export class TileGrid {
   #container;
   #onAudioBlocked;
+  #onPin;
+  #onShownSize;
+  /** track id → last height reported, so only changes are sent. */
+  #reported = new Map();
+  #pinned = null;
+  #resize = new ResizeObserver(() => this.#reportSizes());
   /** @type {Tile | null} */
   #local = null;
   /** @type {Tile | null} */
@@ -154,11 +198,58 @@ export class TileGrid {
 
   /**
    * @param {HTMLElement} container
-   * @param {{onAudioBlocked: () => void}} handlers
+   * @param {{onAudioBlocked: () => void, onPin: (trackId: string | null) => void,
+   *   onShownSize: (trackId: string, width: number, height: number) => void}} handlers
+   *   `onPin`: the user pinned a track (or unpinned with null); `onShownSize`: a received
+   *   video is now shown at this size in device pixels (0 x 0: not shown).
    */
-  constructor(container, { onAudioBlocked }) {
+  constructor(container, { onAudioBlocked, onPin, onShownSize }) {
     this.#container = container;
     this.#onAudioBlocked = onAudioBlocked;
+    this.#onPin = onPin;
+    this.#onShownSize = onShownSize;
+  }
+
+  /** Tiles that show a received video. */
+  *#videoTiles() {
+    for (const { main, screen } of this.#remote.values()) {
+      if (main.videoTrackId) yield main;
+      if (screen?.videoTrackId) yield screen;
+    }
+  }
+
+  #newRemoteTile(variant, p) {
+    const tile = new Tile(variant, p, this.#onAudioBlocked, (id) => this.#togglePin(id));
+    this.#resize.observe(tile.el);
+    return tile;
+  }
+
+  #togglePin(trackId) {
+    this.#pinned = this.#pinned === trackId ? null : trackId;
+    for (const tile of this.#videoTiles()) tile.setPinned(tile.videoTrackId === this.#pinned);
+    this.renderLabels();
+    this.#onPin(this.#pinned);
+  }
+
+  /** Sends the shown size of every received video whose size changed. */
+  #reportSizes() {
+    for (const tile of this.#videoTiles()) {
+      const height = tile.shownHeight();
+      if (this.#reported.get(tile.videoTrackId) === height) continue;
+      this.#reported.set(tile.videoTrackId, height);
+      const ratio = window.devicePixelRatio || 1;
+      const width = height ? Math.round(tile.el.getBoundingClientRect().width * ratio) : 0;
+      this.#onShownSize(tile.videoTrackId, width, height);
+    }
+  }
+
+  /**
+   * Applies the server's `quality` report: a video it paused for bandwidth says so.
+   * @param {{tracks: {track_id: string, paused: boolean, reason: string | null}[]}} report
+   */
+  setQuality(report) {
+    const paused = new Set(report.tracks.filter((tr) => tr.paused && tr.reason === 'bandwidth').map((tr) => tr.track_id));
+    for (const tile of this.#videoTiles()) tile.setPaused(paused.has(tile.videoTrackId));
   }
 
   /**
@@ -208,7 +299,7 @@ export class TileGrid {
       present.add(p.id);
       let tiles = this.#remote.get(p.id);
       if (!tiles) {
-        tiles = { main: new Tile('remote', p, this.#onAudioBlocked), screen: null };
+        tiles = { main: this.#newRemoteTile('remote', p), screen: null };
         this.#remote.set(p.id, tiles);
         this.#container.append(tiles.main.el);
       }
@@ -217,28 +308,44 @@ export class TileGrid {
       const main = own.filter((r) => r.info.source !== 'screen');
       const screen = own.filter((r) => r.info.source === 'screen');
       tiles.main.setTracks(main.map((r) => r.track));
+      tiles.main.videoTrackId = main.find((r) => r.info.kind === 'video')?.info.track_id ?? null;
       tiles.main.setFlags({
         micMuted: main.some((r) => r.info.kind === 'audio' && r.info.muted),
         cameraOff: main.some((r) => r.info.kind === 'video' && r.info.muted),
       });
       if (screen.length) {
         if (!tiles.screen) {
-          tiles.screen = new Tile('screen', p, this.#onAudioBlocked);
+          tiles.screen = this.#newRemoteTile('screen', p);
           tiles.main.el.after(tiles.screen.el);
         }
         tiles.screen.setParticipant(p);
         tiles.screen.setTracks(screen.map((r) => r.track));
+        tiles.screen.videoTrackId = screen.find((r) => r.info.kind === 'video')?.info.track_id ?? null;
       } else if (tiles.screen) {
+        this.#resize.unobserve(tiles.screen.el);
         tiles.screen.remove();
         tiles.screen = null;
       }
     }
     for (const [id, tiles] of this.#remote) {
       if (present.has(id)) continue;
-      tiles.main.remove();
-      tiles.screen?.remove();
+      for (const tile of [tiles.main, tiles.screen]) {
+        if (!tile) continue;
+        this.#resize.unobserve(tile.el);
+        tile.remove();
+      }
       this.#remote.delete(id);
     }
+    const shown = new Set([...this.#videoTiles()].map((tile) => tile.videoTrackId));
+    for (const id of this.#reported.keys()) if (!shown.has(id)) this.#reported.delete(id);
+    if (this.#pinned && !shown.has(this.#pinned)) this.#pinned = null;
+    for (const tile of this.#videoTiles()) tile.setPinned(tile.videoTrackId === this.#pinned);
+    this.#reportSizes();
+  }
+
+  /** The pinned track's id, or null. */
+  pinned() {
+    return this.#pinned;
   }
 
   /** Retries remote audio playback (after a user gesture). */
@@ -267,6 +374,9 @@ export class TileGrid {
     this.#local = null;
     this.#localScreen = null;
     this.#remote.clear();
+    this.#resize.disconnect();
+    this.#reported.clear();
+    this.#pinned = null;
   }
 }
 

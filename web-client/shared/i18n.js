@@ -74,6 +74,10 @@ export const STRINGS = {
 
     'tile.micMuted': 'Microphone muted',
     'tile.cameraOff': 'Camera off',
+    'tile.videoPaused': 'video paused: poor connection',
+    'tile.pin': 'Pin',
+    'tile.unpin': 'Unpin',
+    'tile.pinHint': 'Keep this video at the best quality the connection allows',
 
     'chat.heading': 'Chat',
     'chat.placeholder': 'Type a message',
@@ -226,6 +230,10 @@ export const STRINGS = {
 
     'tile.micMuted': '麦克风已关闭',
     'tile.cameraOff': '摄像头已关闭',
+    'tile.videoPaused': '视频已暂停：网络较差',
+    'tile.pin': '固定',
+    'tile.unpin': '取消固定',
+    'tile.pinHint': '在网络允许的范围内保持此视频的最佳画质',
 
     'chat.heading': '聊天',
     'chat.placeholder': '输入消息',
