@@ -1606,13 +1606,15 @@ impl Router {
             .map(|k| {
                 let track = &self.tracks[k];
                 let nominal = nominal_bitrates(track.info.kind, track.layers.len());
+                let heights = layer_heights(&track.layers);
                 track
                     .layers
                     .iter()
                     .zip(nominal)
-                    .map(|(l, nominal)| LayerView {
+                    .zip(heights)
+                    .map(|((l, nominal), height)| LayerView {
                         bitrate_bps: l.meter.bitrate_bps().unwrap_or(nominal),
-                        height: l.height,
+                        height,
                         available: l.available(now),
                     })
                     .collect()
@@ -1900,7 +1902,10 @@ fn follow(
     rewriter: &mut SequenceRewriter,
 ) -> bool {
     if target.is_none() {
-        *current = None;
+        // Paused: whatever comes next is a new source for the rewriter.
+        if current.take().is_some() {
+            rewriter.reset_source();
+        }
         return false;
     }
     let start = current.is_none() && target.is_some_and(|t| layer <= t);
@@ -1911,6 +1916,18 @@ fn follow(
         *current = Some(layer);
     }
     *current == Some(layer)
+}
+
+/// Each layer's picture height: seen in its keyframes, or else inferred from the nearest
+/// layer above whose height is known (each layer half the one above, as the page sends them).
+fn layer_heights(layers: &[Layer]) -> Vec<Option<u32>> {
+    let mut heights: Vec<Option<u32>> = layers.iter().map(|l| l.height).collect();
+    for i in (0..heights.len()).rev() {
+        if heights[i].is_none() {
+            heights[i] = heights.get(i + 1).copied().flatten().map(|h| h / 2);
+        }
+    }
+    heights
 }
 
 /// The highest layer that can be chosen now.

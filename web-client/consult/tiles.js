@@ -133,6 +133,11 @@ class Tile {
     this.#placeholder.hidden = visible;
   }
 
+  /** The element whose size is the shown size of the video. */
+  get videoElement() {
+    return this.#video;
+  }
+
   /** Height in device pixels at which the video is shown now (0 when it is not). */
   shownHeight() {
     if (this.#video.hidden || !this.el.isConnected) return 0;
@@ -220,7 +225,7 @@ export class TileGrid {
 
   #newRemoteTile(variant, p) {
     const tile = new Tile(variant, p, this.#onAudioBlocked, (id) => this.#togglePin(id));
-    this.#resize.observe(tile.el);
+    this.#resize.observe(tile.videoElement);
     return tile;
   }
 
@@ -322,7 +327,7 @@ export class TileGrid {
         tiles.screen.setTracks(screen.map((r) => r.track));
         tiles.screen.videoTrackId = screen.find((r) => r.info.kind === 'video')?.info.track_id ?? null;
       } else if (tiles.screen) {
-        this.#resize.unobserve(tiles.screen.el);
+        this.#resize.unobserve(tiles.screen.videoElement);
         tiles.screen.remove();
         tiles.screen = null;
       }
@@ -331,7 +336,7 @@ export class TileGrid {
       if (present.has(id)) continue;
       for (const tile of [tiles.main, tiles.screen]) {
         if (!tile) continue;
-        this.#resize.unobserve(tile.el);
+        this.#resize.unobserve(tile.videoElement);
         tile.remove();
       }
       this.#remote.delete(id);
