@@ -28,8 +28,9 @@ Control: one command per line on stdin, one answer line on stdout (`ok ...` / `e
         (unnamed settings return to "none"; `rate=0` means unlimited)
   unshape                   clean link both ways (a cut stays in force)
   cut | restore
-  stats                     ok {"down": {...}, "up": {...}} counters: forwarded, bytes,
-                            dropped_loss, dropped_queue, dropped_cut, queued
+  stats                     ok {"down": {...}, "up": {...}} counters: offered,
+                            bytes_offered, forwarded, bytes, dropped_loss, dropped_queue,
+                            dropped_cut, queued (now), settings
   quit
 The first line printed is `ok ready host=<dev> ns=<dev>`. EOF on stdin ends the process.
 
@@ -73,7 +74,7 @@ class Link:
         self.last_departure = 0.0
         self.last_delivery = 0.0
         self.is_cut = False
-        self.counters = dict(forwarded=0, bytes=0, dropped_loss=0, dropped_queue=0, dropped_cut=0)
+        self.counters = dict(offered=0, bytes_offered=0, forwarded=0, bytes=0, dropped_loss=0, dropped_queue=0, dropped_cut=0)
         self.configure()
 
     def configure(self, rate=0.0, delay=0.0, jitter=0.0, loss=0.0, queue=500.0, qpkts=1000):
@@ -91,6 +92,8 @@ class Link:
                     loss=self.loss_pct, queue=self.queue_s * 1000, qpkts=self.qpkts, cut=self.is_cut)
 
     def offer(self, size: int, now: float, packet=None):
+        self.counters["offered"] += 1
+        self.counters["bytes_offered"] += size
         if self.is_cut:
             self.counters["dropped_cut"] += 1
             return None
