@@ -34,6 +34,10 @@
  *     frameHeight: number,
  *     totalSamplesReceived: number,
  *     trackIdentifier: string,        // as reported by inbound-rtp
+ *     track_id: string,               // the track's id in subscribe_offer.tracks
+ *     framesPerSecond, freezeCount, totalFreezesDuration, totalPausesDuration (s),
+ *     concealedSamples: number | undefined,
+ *                                     // inbound-rtp's, undefined when getStats() lacks them
  *   }]>
  *   One entry per inbound-rtp stream of the subscriber connection whose track is in the
  *   latest `subscribe_offer` (and whose participant has not left); [] before joining and

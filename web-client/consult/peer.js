@@ -164,6 +164,13 @@ export class SubscriberPeer {
         frameHeight: stat.frameHeight ?? 0,
         totalSamplesReceived: stat.totalSamplesReceived ?? 0,
         trackIdentifier: stat.trackIdentifier,
+        track_id: info.track_id,
+        // Network-quality figures; undefined when getStats() lacks them.
+        framesPerSecond: stat.framesPerSecond,
+        freezeCount: stat.freezeCount,
+        totalFreezesDuration: stat.totalFreezesDuration,
+        totalPausesDuration: stat.totalPausesDuration,
+        concealedSamples: stat.concealedSamples,
       });
     }
     return entries;
