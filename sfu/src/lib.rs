@@ -25,6 +25,7 @@ mod bandwidth;
 pub mod demux;
 mod error;
 mod keyframe_relay;
+mod nack_limit;
 mod participant;
 mod peer;
 pub mod rewrite;

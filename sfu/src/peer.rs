@@ -8,6 +8,7 @@
 use crate::SfuError;
 use crate::bandwidth::Estimate;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
+use crate::nack_limit::{self, NackLimiter};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::rand::{generate_pwd, generate_ufrag};
 use rtc::ice::tcp_type::TcpType;
@@ -52,7 +53,11 @@ pub(crate) fn build(
                 Slot::CongestionControl,
                 CongestionControlBuilder::new(estimate.estimator()).build(),
             )
-            .with(Slot::TwccSender, TwccSenderBuilder::new().build());
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+            .with(
+                Slot::from(nack_limit::SLOT),
+                NackLimiter::new(estimate.clone()),
+            );
         media_engine.register_feedback(
             RTCPFeedback {
                 typ: TYPE_RTCP_FB_GOOG_REMB.to_owned(),
