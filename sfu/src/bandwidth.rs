@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Where a subscriber's estimate starts, in bits per second: enough for a 720p camera and a
-/// screen share, so a clean link starts at full quality (there is no probing to climb
-/// quickly); congestion brings it down within a second or two.
-pub const INITIAL_BPS: u64 = 5_000_000;
-/// The lowest estimate, in bits per second.
-pub const MIN_BPS: u64 = 50_000;
 /// The highest estimate, in bits per second.
 pub const MAX_BPS: u64 = 10_000_000;
+/// Where a subscriber's estimate starts: at the top. There is no probing to climb from a low
+/// guess, and GCC's first decrease is to the rate that actually arrives, so a thin link is
+/// found within seconds while a clean one never starts below what it can carry.
+pub const INITIAL_BPS: u64 = MAX_BPS;
+/// The lowest estimate, in bits per second.
+pub const MIN_BPS: u64 = 50_000;
 
 /// A subscriber's current estimate, shared between its connection's estimator and the
 /// router.

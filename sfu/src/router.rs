@@ -52,6 +52,9 @@ const LAYER_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// A layer stays on at the publisher this long after its last use (switching back is then
 /// quick, and the publisher's encoder is not toggled by every wobble of the estimate).
 const LAYER_KEEP_AFTER_USE: Duration = Duration::from_secs(10);
+/// Video is paused for bandwidth only when its lowest layer has not fitted for this long (a
+/// moment's dip of the estimate is not worth a freeze and a keyframe).
+const PAUSE_AFTER: Duration = Duration::from_secs(2);
 /// No upgrade for this long after a downgrade (the estimate needs time to settle).
 const UPGRADE_HOLD: Duration = Duration::from_secs(4);
 /// A subscriber's quality report is sent again when only its estimate moved, at most this
@@ -330,6 +333,8 @@ struct Subscription {
     /// The height the subscriber shows the track at (`Some(0)`: not shown).
     shown_height: Option<u32>,
     last_downgrade: Option<Instant>,
+    /// Since when the allocator has wanted to pause it for bandwidth.
+    short_since: Option<Instant>,
 }
 
 struct Negotiated {
@@ -1316,6 +1321,7 @@ impl Router {
             target: Choice::Layer(0),
             shown_height: None,
             last_downgrade: None,
+            short_since: None,
         });
         self.downtracks
             .insert((subscriber, track.info.track_id.clone()), key.clone());
@@ -1659,7 +1665,14 @@ impl Router {
                 .last_downgrade
                 .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_HOLD);
             let visible_again = matches!(sub.target, Choice::Paused(PauseReason::NotVisible));
-            if choice != sub.target && !(upgrade && held && !visible_again) {
+            let short = choice == Choice::Paused(PauseReason::Bandwidth);
+            if !short {
+                sub.short_since = None;
+            }
+            let pause_held = short
+                && matches!(sub.target, Choice::Layer(_))
+                && now.saturating_duration_since(*sub.short_since.get_or_insert(now)) < PAUSE_AFTER;
+            if choice != sub.target && !(upgrade && held && !visible_again) && !pause_held {
                 if rank(choice) < rank(sub.target) {
                     sub.last_downgrade = Some(now);
                 }
