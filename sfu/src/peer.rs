@@ -7,7 +7,6 @@
 use crate::SfuError;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::ice::rand::{generate_pwd, generate_ufrag};
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -20,15 +19,11 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// A new peer connection and the local ICE ufrag that routes datagrams to it.
-pub(crate) struct NewPeer {
-    pub(crate) pc: RTCPeerConnection,
-    pub(crate) ufrag: String,
-}
-
 /// Builds an ICE-lite peer connection whose only candidate is `media_addr`.
-pub(crate) fn build(now: Instant, media_addr: SocketAddr) -> Result<NewPeer, SfuError> {
-    let ufrag = generate_ufrag();
+///
+/// Its ICE credentials are the agent's own random ones, so that an ICE restart draws fresh
+/// ones too; the router reads the local ufrag from each local description it sets.
+pub(crate) fn build(now: Instant, media_addr: SocketAddr) -> Result<RTCPeerConnection, SfuError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
@@ -37,7 +32,6 @@ pub(crate) fn build(now: Instant, media_addr: SocketAddr) -> Result<NewPeer, Sfu
     );
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
-        .with_ice_credentials(ufrag.clone(), generate_pwd())
         // The browser is the DTLS client and starts the handshake once ICE connects.
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_include_loopback_candidate(true)
@@ -77,5 +71,5 @@ pub(crate) fn build(now: Instant, media_addr: SocketAddr) -> Result<NewPeer, Sfu
     pc.add_local_candidate(RTCIceCandidate::from(&tcp).to_json()?)?;
     // End of gathering: the shared sockets are the only candidates there will ever be.
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
-    Ok(NewPeer { pc, ufrag })
+    Ok(pc)
 }

@@ -52,6 +52,8 @@ struct Net {
     clients: Vec<Client>,
     events: Vec<RouterEvent>,
     taps: Vec<Tap>,
+    /// Clients whose link is cut: their datagrams are lost both ways.
+    cut: Vec<usize>,
 }
 
 impl Net {
@@ -63,6 +65,7 @@ impl Net {
             clients: Vec::new(),
             events: Vec::new(),
             taps: Vec::new(),
+            cut: Vec::new(),
         }
     }
 
@@ -70,7 +73,12 @@ impl Net {
     fn step(&mut self) {
         let router_addr: SocketAddr = ROUTER_ADDR.parse().unwrap();
         while let Some(d) = self.router.poll_transmit() {
-            if let Some(c) = self.clients.iter_mut().find(|c| c.addr == d.remote) {
+            if let Some((_, c)) = self
+                .clients
+                .iter_mut()
+                .enumerate()
+                .find(|(i, c)| c.addr == d.remote && !self.cut.contains(i))
+            {
                 let _ = c.pc.handle_read(TaggedBytesMut {
                     now: self.now,
                     transport: TransportContext {
@@ -83,9 +91,9 @@ impl Net {
                 });
             }
         }
-        for c in &mut self.clients {
+        for (i, c) in self.clients.iter_mut().enumerate() {
             while let Some(m) = c.pc.poll_write() {
-                if m.transport.peer_addr == router_addr {
+                if m.transport.peer_addr == router_addr && !self.cut.contains(&i) {
                     self.router.handle_datagram(
                         self.now,
                         Datagram {
@@ -516,4 +524,84 @@ fn recorded_rooms_tap_their_tracks_packets() {
         net.taps
     );
     assert_eq!(net.router.stats().dropped_taps, 0);
+}
+
+/// A subscriber whose link is cut long enough for its connection to fail comes back: while
+/// it was away an offer was sent and lost; `resume` replaces it with an ICE-restart offer
+/// (a new local ufrag, which the demultiplexer routes), and media flows again.
+#[test]
+fn a_resumed_subscriber_gets_media_again_after_an_ice_restart() {
+    let mut net = Net::new();
+    let viewer = net.join(1, false);
+    net.clients.push(client(net.now, 40001));
+    net.answer_offer(viewer, 0);
+    let publisher = net.join(2, true);
+    net.take_offer(publisher);
+    let (pub_client, sender, ssrc) = net.publish_video(publisher, 40002);
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.clients[0].connected
+            && n.clients[1].connected)
+    );
+    net.send_rtp(pub_client, sender, ssrc, 1, 0);
+    net.run_until(Duration::from_secs(1), |n| !n.events.is_empty());
+    let (old_offer, _) = net.take_offer(viewer).expect("an offer with the track");
+    let ufrag = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .map(str::to_owned)
+    };
+    let old_ufrag = ufrag(&old_offer);
+
+    // The link goes before the offer is answered: the offer is lost with the old socket.
+    net.cut.push(0);
+    let mut seq = 2u16;
+    let cut_until = net.now + Duration::from_secs(10);
+    while net.now < cut_until {
+        net.send_rtp(pub_client, sender, ssrc, seq, seq as u32 * 3000);
+        seq += 1;
+        net.run_until(Duration::from_millis(100), |_| false);
+    }
+    assert!(
+        !net.clients[0].connected,
+        "the cut link took the connection down"
+    );
+    net.cut.clear();
+
+    net.router.resume(net.now, viewer).unwrap();
+    let (restart_offer, tracks) = net.take_offer(viewer).expect("an ICE-restart offer");
+    assert_eq!(tracks.len(), 1, "the subscription survived");
+    assert_ne!(ufrag(&restart_offer), old_ufrag, "new ICE credentials");
+    let pc = &mut net.clients[0].pc;
+    pc.set_remote_description(
+        net.now,
+        RTCSessionDescription::offer(restart_offer).unwrap(),
+    )
+    .unwrap();
+    let answer = pc.create_answer(None).unwrap();
+    pc.set_local_description(net.now, answer.clone()).unwrap();
+    net.router
+        .subscribe_answer(net.now, viewer, answer.sdp)
+        .unwrap();
+
+    let before = net.clients[0].received.len();
+    let resumed_at = net.now;
+    let mut got_media = false;
+    while net.now < resumed_at + Duration::from_secs(2) {
+        net.send_rtp(pub_client, sender, ssrc, seq, seq as u32 * 3000);
+        seq += 1;
+        net.run_until(Duration::from_millis(30), |_| false);
+        if net.clients[0].received.len() > before + 5 {
+            got_media = true;
+            break;
+        }
+    }
+    assert!(
+        got_media,
+        "media reaches the resumed subscriber within 2 s (got {} packets after the restart)",
+        net.clients[0].received.len() - before
+    );
+    assert!(
+        net.router.resume(net.now, ParticipantId(99)).is_err(),
+        "an unknown participant cannot resume"
+    );
 }
