@@ -1,13 +1,15 @@
-// Network namespaces joined to the test's own by a veth pair, and headless Chromium started
-// inside such a namespace.
+// Network namespaces joined to the test's own by a veth pair or by an emulated link
+// (tools/linkem.py: rate, delay, loss, cuts; this kernel has no netem), and headless
+// Chromium started inside such a namespace.
 // The suite itself runs in a private namespace with only `lo` (run.sh); these namespaces
 // hang off it, so every packet still stays on this machine.
 
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 const execFileP = promisify(execFile);
 
@@ -56,6 +58,92 @@ export async function makeVethNamespace({ ns = `mre2e-${process.pid}`, hostIf = 
     throw e;
   }
   return link;
+}
+
+const LINKEM = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'tools', 'linkem.py');
+let linkCount = 0;
+
+/**
+ * Makes network namespace `ns` joined to ours by an emulated link (tools/linkem.py, two TUN
+ * devices `<name>h` here with `hostIp`/30 and `<name>n` there with `nsIp`/30). Returns
+ * { ns, hostIp, nsIp, hostIf, nsIf, shape({ rateKbit, delayMs, lossPct, jitterMs, queueMs,
+ * dir }), unshape(), cut(), restore(), stats(), destroy() }. Each call resolves with the
+ * emulator's answer (stats(): {down, up} counters; down = towards the namespace) and
+ * rejects on an `error` answer. shape() applies to both directions unless dir is 'down' or
+ * 'up'; settings left out are "none". cut() drops everything both ways until restore().
+ * Two links in one process need different `name`s and addresses.
+ */
+export async function makeEmulatedLink({ ns = `mrlem-${process.pid}-${linkCount}`, hostIp = '10.78.0.1', nsIp = '10.78.0.2', name = `lem${linkCount}` } = {}) {
+  linkCount++;
+  await ip('netns', 'del', ns).catch(() => {});
+  await ip('netns', 'add', ns);
+  const child = spawn(process.env.PYTHON || 'python3', [LINKEM, '--ns', ns, '--name', name, '--host-ip', hostIp, '--ns-ip', nsIp], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  let exited = null;
+  const pending = []; // {resolve, reject, cmd} in command order; the first is `ready`
+  const fail = (err) => {
+    while (pending.length) pending.shift().reject(err);
+  };
+  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  child.on('error', (e) => fail(new Error(`linkem: ${e.message}`)));
+  child.on('exit', (code, signal) => {
+    exited = { code, signal };
+    fail(new Error(`linkem exited (${code ?? signal}) ${stderr.trim()}`));
+  });
+  child.stdin.on('error', () => {}); // EPIPE after an early exit is reported by 'exit'
+  let buf = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      const p = pending.shift();
+      if (!p) continue;
+      if (line.startsWith('ok')) p.resolve(line.slice(2).trim());
+      else p.reject(new Error(`linkem ${p.cmd}: ${line}`));
+    }
+  });
+  const answer = (cmd) =>
+    new Promise((resolve, reject) => {
+      if (exited) return reject(new Error(`linkem exited (${exited.code ?? exited.signal}) ${stderr.trim()}`));
+      pending.push({ resolve, reject, cmd });
+      if (cmd !== 'ready') child.stdin.write(`${cmd}\n`);
+    });
+  const destroy = async () => {
+    if (!exited) {
+      const gone = new Promise((r) => child.once('exit', r));
+      child.stdin.end();
+      const t = setTimeout(() => child.kill('SIGKILL'), 3000);
+      await gone;
+      clearTimeout(t);
+    }
+    await ip('netns', 'del', ns).catch(() => {});
+  };
+  try {
+    await answer('ready');
+  } catch (e) {
+    await destroy();
+    throw e;
+  }
+  const num = (k, v) => (v === undefined || v === null ? [] : [`${k}=${Number(v)}`]);
+  return {
+    ns,
+    hostIp,
+    nsIp,
+    hostIf: `${name}h`,
+    nsIf: `${name}n`,
+    shape: ({ rateKbit, delayMs, lossPct, jitterMs, queueMs, dir } = {}) =>
+      answer(['shape', ...(dir ? [`dir=${dir}`] : []), ...num('rate', rateKbit), ...num('delay', delayMs), ...num('loss', lossPct), ...num('jitter', jitterMs), ...num('queue', queueMs)].join(' ')),
+    unshape: () => answer('unshape'),
+    cut: () => answer('cut'),
+    restore: () => answer('restore'),
+    stats: async () => JSON.parse(await answer('stats')),
+    destroy,
+  };
 }
 
 /**
