@@ -206,6 +206,20 @@ impl Net {
         (self.clients.len() - 1, sender, ssrc)
     }
 
+    /// A viewer (observer, client 0, its first offer answered) and a publisher of one VP8
+    /// track; returns (viewer, publisher, the publisher's client index, sender, ssrc).
+    fn viewer_and_publisher(
+        &mut self,
+    ) -> (ParticipantId, ParticipantId, usize, RTCRtpSenderId, u32) {
+        let viewer = self.join(1, false);
+        self.clients.push(client(self.now, 40001));
+        self.answer_offer(viewer, 0);
+        let publisher = self.join(2, true);
+        self.take_offer(publisher);
+        let (pub_client, sender, ssrc) = self.publish_video(publisher, 40002);
+        (viewer, publisher, pub_client, sender, ssrc)
+    }
+
     fn send_rtp(&mut self, c: usize, sender: RTCRtpSenderId, ssrc: u32, seq: u16, ts: u32) {
         let now = self.now;
         let pc = &mut self.clients[c].pc;
@@ -339,12 +353,7 @@ fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
 #[test]
 fn leaving_removes_the_track_by_renegotiation() {
     let mut net = Net::new();
-    let viewer = net.join(1, false);
-    net.clients.push(client(net.now, 40001));
-    net.answer_offer(viewer, 0);
-    let publisher = net.join(2, true);
-    net.take_offer(publisher);
-    let (pub_client, sender, ssrc) = net.publish_video(publisher, 40002);
+    let (viewer, publisher, pub_client, sender, ssrc) = net.viewer_and_publisher();
     net.run_until(Duration::from_secs(5), |n| n.clients[1].connected);
     net.send_rtp(pub_client, sender, ssrc, 1, 0);
     net.run_until(Duration::from_secs(1), |n| !n.events.is_empty());
@@ -532,12 +541,7 @@ fn recorded_rooms_tap_their_tracks_packets() {
 #[test]
 fn a_resumed_subscriber_gets_media_again_after_an_ice_restart() {
     let mut net = Net::new();
-    let viewer = net.join(1, false);
-    net.clients.push(client(net.now, 40001));
-    net.answer_offer(viewer, 0);
-    let publisher = net.join(2, true);
-    net.take_offer(publisher);
-    let (pub_client, sender, ssrc) = net.publish_video(publisher, 40002);
+    let (viewer, _, pub_client, sender, ssrc) = net.viewer_and_publisher();
     assert!(
         net.run_until(Duration::from_secs(5), |n| n.clients[0].connected
             && n.clients[1].connected)
@@ -568,20 +572,10 @@ fn a_resumed_subscriber_gets_media_again_after_an_ice_restart() {
     net.cut.clear();
 
     net.router.resume(net.now, viewer).unwrap();
-    let (restart_offer, tracks) = net.take_offer(viewer).expect("an ICE-restart offer");
+    let tracks = net.answer_offer(viewer, 0);
     assert_eq!(tracks.len(), 1, "the subscription survived");
+    let restart_offer = net.clients[0].pc.remote_description().unwrap().sdp.clone();
     assert_ne!(ufrag(&restart_offer), old_ufrag, "new ICE credentials");
-    let pc = &mut net.clients[0].pc;
-    pc.set_remote_description(
-        net.now,
-        RTCSessionDescription::offer(restart_offer).unwrap(),
-    )
-    .unwrap();
-    let answer = pc.create_answer(None).unwrap();
-    pc.set_local_description(net.now, answer.clone()).unwrap();
-    net.router
-        .subscribe_answer(net.now, viewer, answer.sdp)
-        .unwrap();
 
     let before = net.clients[0].received.len();
     let resumed_at = net.now;
