@@ -11,7 +11,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, waitFor, safeJson, sleep } from './lib/server.mjs';
-import { launchBrowser, openParticipant, expectMediaFrom } from './lib/browser.mjs';
+import { chromium } from 'playwright-core';
+import { CHROMIUM, CHROMIUM_ARGS, launchBrowser, openParticipant, expectMediaFrom } from './lib/browser.mjs';
 import { makeEmulatedLink } from './lib/netns.mjs';
 import { RawClientPool } from './lib/ws.mjs';
 
@@ -70,7 +71,16 @@ before(async () => {
   server = await startServer({ name: 'resume', host: link.hostIp, extraArgs: ['--insecure'] });
   shortServer = await startServer({ name: 'resume_short', host: link.hostIp, extraArgs: ['--insecure', '--resume-window', '3s'] });
   const secure = [`--unsafely-treat-insecure-origin-as-secure=${server.url},${shortServer.url}`];
-  hereBrowser = await launchBrowser({ extraArgs: secure });
+  // The clinic's Chromium gathers only its address on the link's host side, not 127.0.0.1
+  // as well: with two host candidates its connections' pair switching sometimes left the
+  // router's ICE-lite agent without checks on the selected pair for ~20 s (not a resume
+  // matter: the clinic is not behind the link).
+  hereBrowser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...CHROMIUM_ARGS.filter((a) => a !== '--allow-loopback-in-peer-connection'), ...secure],
+    timeout: 30_000,
+  });
   thereBrowser = await launchBrowser({ netns: link.ns, extraArgs: secure });
 }, { timeout: 90_000 });
 
