@@ -366,6 +366,26 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
     }
 }
 
+/// Whether `message` may come now: `join` or `resume` first (`not_joined` otherwise), and
+/// neither again once joined (`already_joined`).
+pub fn check_order(joined: bool, message: &ClientMessage) -> Result<(), ProtocolError> {
+    let opens = matches!(
+        message,
+        ClientMessage::Join { .. } | ClientMessage::Resume { .. }
+    );
+    match (joined, opens) {
+        (false, false) => Err(ProtocolError::new(
+            ErrorCode::NotJoined,
+            "send join (or resume) first",
+        )),
+        (true, true) => Err(ProtocolError::new(
+            ErrorCode::AlreadyJoined,
+            "already joined",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
@@ -456,6 +476,23 @@ mod tests {
         ] {
             assert_eq!(code(bad), ErrorCode::InvalidJson, "{bad}");
         }
+        let resume = parse_client_message(
+            r#"{"type":"resume","token":"t","room":"r","participant_id":"p1","resume_token":"ab"}"#,
+        )
+        .unwrap();
+        assert_eq!(check_order(false, &resume), Ok(()));
+        assert_eq!(
+            check_order(true, &resume).unwrap_err().code,
+            ErrorCode::AlreadyJoined,
+            "resume is a first message only"
+        );
+        assert_eq!(
+            check_order(false, &ClientMessage::Heartbeat {})
+                .unwrap_err()
+                .code,
+            ErrorCode::NotJoined
+        );
+        assert_eq!(check_order(true, &ClientMessage::Heartbeat {}), Ok(()));
         assert!(ErrorCode::ResumeFailed.is_fatal());
         assert_eq!(ErrorCode::ResumeFailed.as_str(), "resume_failed");
     }

@@ -4,7 +4,7 @@
 use crate::AppState;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, MAX_MESSAGE_BYTES, ParticipantView, ProtocolError,
-    ServerMessage, Welcome, parse_client_message,
+    ServerMessage, Welcome, check_order, parse_client_message,
 };
 use crate::records::{self, Actor};
 use crate::registry::{Admission, SESSION_QUEUE, SessionSignal};
@@ -246,6 +246,7 @@ async fn handle(
     text: &str,
 ) -> Result<Next, ProtocolError> {
     let message = parse_client_message(text)?;
+    check_order(joined.is_some(), &message)?;
     let Some(me) = joined.as_ref() else {
         match message {
             ClientMessage::Join { token, room } => {
@@ -266,15 +267,14 @@ async fn handle(
                 send(socket, &reply).await.map_err(socket_closed)?;
                 media(state.sfu.resume(participant_id).await)?;
             }
-            _ => return Err(ProtocolError::new(ErrorCode::NotJoined, "send join first")),
+            _ => unreachable!("check_order lets only join or resume open a session"),
         }
         return Ok(Next::Continue);
     };
     match message {
-        ClientMessage::Join { .. } | ClientMessage::Resume { .. } => Err(ProtocolError::new(
-            ErrorCode::AlreadyJoined,
-            "already joined",
-        )),
+        ClientMessage::Join { .. } | ClientMessage::Resume { .. } => {
+            unreachable!("check_order refuses join and resume once joined")
+        }
         ClientMessage::Heartbeat {} => {
             send(socket, &ServerMessage::Heartbeat {})
                 .await
