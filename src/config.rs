@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// How long a participant's TURN credential is valid [default: 12h].
     #[arg(long, env = "MEDRELAY_TURN_TTL", value_parser = humantime::parse_duration)]
     pub turn_ttl: Option<Duration>,
+    /// How long a participant whose signaling socket was lost (without `leave`) may come
+    /// back as itself before the others see it leave; 0 turns resume off [default: 30s].
+    #[arg(long, env = "MEDRELAY_RESUME_WINDOW", value_parser = humantime::parse_duration)]
+    pub resume_window: Option<Duration>,
     /// Days consult recordings, telemetry records and audit entries are kept after they end
     /// [default: 5479, 15 years].
     #[arg(long, env = "MEDRELAY_RETENTION_DAYS")]
@@ -90,6 +94,7 @@ struct FileConfig {
     turn_urls: Option<Vec<String>>,
     turn_secret: Option<String>,
     turn_ttl_seconds: Option<u64>,
+    resume_window_seconds: Option<u64>,
 }
 
 /// How HTTPS is provided.
@@ -122,6 +127,8 @@ pub struct ServeConfig {
     pub retention: recorder::index::Retention,
     /// TURN servers and their credentials, if configured.
     pub turn: Option<signaling::turn::TurnConfig>,
+    /// How long a participant that lost its socket may resume (zero: never).
+    pub resume_window: Duration,
 }
 
 /// Why the configuration cannot be used.
@@ -227,6 +234,10 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             turn,
+            resume_window: self
+                .resume_window
+                .or(file.resume_window_seconds.map(Duration::from_secs))
+                .unwrap_or(signaling::resume::DEFAULT_RESUME_WINDOW),
             listen,
             media_port: self.media_port.or(file.media_port).unwrap_or(50000),
             announce_ip: self.announce_ip.or(file.announce_ip),
@@ -298,6 +309,12 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(c.media_port, 50000);
         assert_eq!(c.tls, Tls::Off);
+        assert_eq!(c.resume_window, Duration::from_secs(30));
+        let off = ServeArgs {
+            resume_window: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        assert_eq!(off.resolve().unwrap().resume_window, Duration::ZERO);
     }
 
     #[test]

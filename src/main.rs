@@ -299,6 +299,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         sfu,
         Arc::new(recording::Records(recorder.clone())),
         config.turn.clone(),
+        config.resume_window,
     );
     tokio::spawn(signaling::dispatch(state.clone(), events));
     recording::forward_events(&recorder, state.clone());

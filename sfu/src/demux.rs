@@ -33,8 +33,10 @@ pub struct Demuxer {
 }
 
 impl Demuxer {
-    /// Registers the local ufrag issued to a peer connection.
+    /// Registers the local ufrag a peer connection answers to, replacing the one it had
+    /// before (an ICE restart issues a new one).
     pub fn register(&mut self, ufrag: String, key: PcKey) {
+        self.by_ufrag.retain(|_, k| *k != key);
         self.by_ufrag.insert(ufrag, key);
     }
 
@@ -115,6 +117,17 @@ mod tests {
         assert_eq!(demux.route(from, &binding_request("no-colon")), None);
         assert_eq!(demux.route(from, b"\x00\x01garbage that is not stun"), None);
         assert_eq!(demux.route(from, &[]), None);
+    }
+
+    #[test]
+    fn a_new_ufrag_replaces_the_old_one() {
+        let mut demux = Demuxer::default();
+        let key = (ParticipantId(3), PcKind::Subscriber);
+        demux.register("oldufrag".into(), key);
+        demux.register("newufrag".into(), key);
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        assert_eq!(demux.route(from, &binding_request("oldufrag:x")), None);
+        assert_eq!(demux.route(from, &binding_request("newufrag:x")), Some(key));
     }
 
     #[test]

@@ -10,7 +10,6 @@ use crate::bandwidth::Estimate;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
 use crate::nack_limit::{self, NackLimiter};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::ice::rand::{generate_pwd, generate_ufrag};
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{CongestionControlBuilder, Registry, Slot, TwccSenderBuilder};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -24,20 +23,16 @@ use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind, TYPE_RTCP_FB_
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// A new peer connection and the local ICE ufrag that routes datagrams to it.
-pub(crate) struct NewPeer {
-    pub(crate) pc: RTCPeerConnection,
-    pub(crate) ufrag: String,
-}
-
 /// Builds an ICE-lite peer connection whose only candidate is `media_addr`. A subscriber
 /// connection passes the [`Estimate`] its congestion controller is to publish into.
+///
+/// Its ICE credentials are the agent's own random ones, so that an ICE restart draws fresh
+/// ones too; the router reads the local ufrag from each local description it sets.
 pub(crate) fn build(
     now: Instant,
     media_addr: SocketAddr,
     estimate: Option<&Estimate>,
-) -> Result<NewPeer, SfuError> {
-    let ufrag = generate_ufrag();
+) -> Result<RTCPeerConnection, SfuError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
     let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
@@ -68,7 +63,6 @@ pub(crate) fn build(
     }
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
-        .with_ice_credentials(ufrag.clone(), generate_pwd())
         // The browser is the DTLS client and starts the handshake once ICE connects.
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_include_loopback_candidate(true)
@@ -108,5 +102,5 @@ pub(crate) fn build(
     pc.add_local_candidate(RTCIceCandidate::from(&tcp).to_json()?)?;
     // End of gathering: the shared sockets are the only candidates there will ever be.
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
-    Ok(NewPeer { pc, ufrag })
+    Ok(pc)
 }

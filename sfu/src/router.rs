@@ -454,9 +454,7 @@ impl Router {
         let id = info.id;
         let estimate = Estimate::new();
         let mut new_peer = peer::build(now, self.config.media_addr, Some(&estimate))?;
-        let chat = new_peer.pc.create_data_channel("chat", None)?.id();
-        self.demux
-            .register(new_peer.ufrag, (id, PcKind::Subscriber));
+        let chat = new_peer.create_data_channel("chat", None)?.id();
         let room_members = self.rooms.entry(info.room.clone()).or_default();
         let existing: Vec<TrackKey> = self
             .tracks
@@ -469,7 +467,7 @@ impl Router {
             id,
             Participant {
                 info,
-                subscriber: new_peer.pc,
+                subscriber: new_peer,
                 estimate,
                 remb_bps: None,
                 pinned: None,
@@ -515,9 +513,7 @@ impl Router {
         let (sending, rids) = sending_tracks(&offer)?;
         let new_pc = participant.publisher.is_none();
         if new_pc {
-            let new_peer = peer::build(now, media_addr, None)?;
-            self.demux.register(new_peer.ufrag, (id, PcKind::Publisher));
-            participant.publisher = Some(new_peer.pc);
+            participant.publisher = Some(peer::build(now, media_addr, None)?);
         }
         let pc = participant
             .publisher
@@ -531,6 +527,7 @@ impl Router {
         }
         let answer = pc.create_answer(None)?;
         pc.set_local_description(now, answer)?;
+        learn_ufrag(&mut self.demux, pc, (id, PcKind::Publisher));
         let sdp = pc
             .local_description()
             .map(|d| d.sdp)
@@ -625,6 +622,21 @@ impl Router {
         if let Some(publisher) = participant.publisher.as_mut() {
             let _ = publisher.close();
         }
+    }
+
+    /// A participant is back after losing its signaling socket: the subscribe offer that was
+    /// outstanding went with the old socket, so a fresh [`RouterEvent::SubscribeOffer`] that
+    /// restarts ICE on its subscriber connection replaces it. Tracks and subscriptions stay;
+    /// the client restarts ICE on its publisher connection with an ordinary publish offer.
+    pub fn resume(&mut self, now: Instant, id: ParticipantId) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant(id))?;
+        p.offer_outstanding = false;
+        p.needs_offer = false;
+        p.subscriber.restart_ice();
+        self.offer_to(now, id)
     }
 
     /// Starts or stops recording `room`: while on, every track published in it is tapped
@@ -1340,6 +1352,7 @@ impl Router {
         }
         let offer = p.subscriber.create_offer(None)?;
         p.subscriber.set_local_description(now, offer)?;
+        learn_ufrag(&mut self.demux, &p.subscriber, (id, PcKind::Subscriber));
         let sdp = p
             .subscriber
             .local_description()
@@ -2013,4 +2026,18 @@ fn sending_tracks(offer: &RTCSessionDescription) -> Result<(HashSet<String>, Tra
         }
     }
     Ok((ids, rids))
+}
+
+/// Routes a peer connection's current local ICE ufrag to it: a local description can carry
+/// a new one (an ICE restart, ours or the client's).
+fn learn_ufrag(demux: &mut Demuxer, pc: &RTCPeerConnection, key: PcKey) {
+    let ufrag = pc.local_description().and_then(|d| {
+        d.sdp
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:").map(str::to_owned))
+    });
+    match ufrag {
+        Some(ufrag) => demux.register(ufrag, key),
+        None => warn!(participant = %key.0, "a local description without an ICE ufrag"),
+    }
 }

@@ -46,6 +46,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     Leave(ParticipantId),
+    Resume(ParticipantId, oneshot::Sender<Result<(), SfuError>>),
     BroadcastChat {
         from: ParticipantId,
         payload: String,
@@ -150,6 +151,11 @@ impl SfuHandle {
     /// See [`Router::leave`].
     pub async fn leave(&self, id: ParticipantId) {
         let _ = self.commands.send(Command::Leave(id)).await;
+    }
+
+    /// See [`Router::resume`].
+    pub async fn resume(&self, id: ParticipantId) -> Result<Result<(), SfuError>, MediaLoopGone> {
+        self.call(|reply| Command::Resume(id, reply)).await
     }
 
     /// See [`Router::set_recording`]: the room's tracks go to the tap sink given to
@@ -440,6 +446,9 @@ fn apply(router: &mut Router, command: Command) {
             let _ = reply.send(router.subscribe_answer(now, id, sdp));
         }
         Command::Leave(id) => router.leave(now, id),
+        Command::Resume(id, reply) => {
+            let _ = reply.send(router.resume(now, id));
+        }
         Command::BroadcastChat { from, payload } => router.broadcast_chat(now, from, &payload),
         Command::SetRecording { room, on } => router.set_recording(now, &room, on),
         Command::SetShownHeight {

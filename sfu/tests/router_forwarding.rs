@@ -52,6 +52,8 @@ struct Net {
     clients: Vec<Client>,
     events: Vec<RouterEvent>,
     taps: Vec<Tap>,
+    /// Clients whose link is cut: their datagrams are lost both ways.
+    cut: Vec<usize>,
 }
 
 impl Net {
@@ -63,6 +65,7 @@ impl Net {
             clients: Vec::new(),
             events: Vec::new(),
             taps: Vec::new(),
+            cut: Vec::new(),
         }
     }
 
@@ -70,7 +73,12 @@ impl Net {
     fn step(&mut self) {
         let router_addr: SocketAddr = ROUTER_ADDR.parse().unwrap();
         while let Some(d) = self.router.poll_transmit() {
-            if let Some(c) = self.clients.iter_mut().find(|c| c.addr == d.remote) {
+            if let Some((_, c)) = self
+                .clients
+                .iter_mut()
+                .enumerate()
+                .find(|(i, c)| c.addr == d.remote && !self.cut.contains(i))
+            {
                 let _ = c.pc.handle_read(TaggedBytesMut {
                     now: self.now,
                     transport: TransportContext {
@@ -83,9 +91,9 @@ impl Net {
                 });
             }
         }
-        for c in &mut self.clients {
+        for (i, c) in self.clients.iter_mut().enumerate() {
             while let Some(m) = c.pc.poll_write() {
-                if m.transport.peer_addr == router_addr {
+                if m.transport.peer_addr == router_addr && !self.cut.contains(&i) {
                     self.router.handle_datagram(
                         self.now,
                         Datagram {
@@ -196,6 +204,20 @@ impl Net {
         let sender = support::publish_vp8(&mut self.router, &mut c.pc, self.now, id, ssrc);
         self.clients.push(c);
         (self.clients.len() - 1, sender, ssrc)
+    }
+
+    /// A viewer (observer, client 0, its first offer answered) and a publisher of one VP8
+    /// track; returns (viewer, publisher, the publisher's client index, sender, ssrc).
+    fn viewer_and_publisher(
+        &mut self,
+    ) -> (ParticipantId, ParticipantId, usize, RTCRtpSenderId, u32) {
+        let viewer = self.join(1, false);
+        self.clients.push(client(self.now, 40001));
+        self.answer_offer(viewer, 0);
+        let publisher = self.join(2, true);
+        self.take_offer(publisher);
+        let (pub_client, sender, ssrc) = self.publish_video(publisher, 40002);
+        (viewer, publisher, pub_client, sender, ssrc)
     }
 
     fn send_rtp(&mut self, c: usize, sender: RTCRtpSenderId, ssrc: u32, seq: u16, ts: u32) {
@@ -331,12 +353,7 @@ fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
 #[test]
 fn leaving_removes_the_track_by_renegotiation() {
     let mut net = Net::new();
-    let viewer = net.join(1, false);
-    net.clients.push(client(net.now, 40001));
-    net.answer_offer(viewer, 0);
-    let publisher = net.join(2, true);
-    net.take_offer(publisher);
-    let (pub_client, sender, ssrc) = net.publish_video(publisher, 40002);
+    let (viewer, publisher, pub_client, sender, ssrc) = net.viewer_and_publisher();
     net.run_until(Duration::from_secs(5), |n| n.clients[1].connected);
     net.send_rtp(pub_client, sender, ssrc, 1, 0);
     net.run_until(Duration::from_secs(1), |n| !n.events.is_empty());
@@ -516,4 +533,69 @@ fn recorded_rooms_tap_their_tracks_packets() {
         net.taps
     );
     assert_eq!(net.router.stats().dropped_taps, 0);
+}
+
+/// A subscriber whose link is cut long enough for its connection to fail comes back: while
+/// it was away an offer was sent and lost; `resume` replaces it with an ICE-restart offer
+/// (a new local ufrag, which the demultiplexer routes), and media flows again.
+#[test]
+fn a_resumed_subscriber_gets_media_again_after_an_ice_restart() {
+    let mut net = Net::new();
+    let (viewer, _, pub_client, sender, ssrc) = net.viewer_and_publisher();
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.clients[0].connected
+            && n.clients[1].connected)
+    );
+    net.send_rtp(pub_client, sender, ssrc, 1, 0);
+    net.run_until(Duration::from_secs(1), |n| !n.events.is_empty());
+    let (old_offer, _) = net.take_offer(viewer).expect("an offer with the track");
+    let ufrag = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .map(str::to_owned)
+    };
+    let old_ufrag = ufrag(&old_offer);
+
+    // The link goes before the offer is answered: the offer is lost with the old socket.
+    net.cut.push(0);
+    let mut seq = 2u16;
+    let cut_until = net.now + Duration::from_secs(10);
+    while net.now < cut_until {
+        net.send_rtp(pub_client, sender, ssrc, seq, seq as u32 * 3000);
+        seq += 1;
+        net.run_until(Duration::from_millis(100), |_| false);
+    }
+    assert!(
+        !net.clients[0].connected,
+        "the cut link took the connection down"
+    );
+    net.cut.clear();
+
+    net.router.resume(net.now, viewer).unwrap();
+    let tracks = net.answer_offer(viewer, 0);
+    assert_eq!(tracks.len(), 1, "the subscription survived");
+    let restart_offer = net.clients[0].pc.remote_description().unwrap().sdp.clone();
+    assert_ne!(ufrag(&restart_offer), old_ufrag, "new ICE credentials");
+
+    let before = net.clients[0].received.len();
+    let resumed_at = net.now;
+    let mut got_media = false;
+    while net.now < resumed_at + Duration::from_secs(2) {
+        net.send_rtp(pub_client, sender, ssrc, seq, seq as u32 * 3000);
+        seq += 1;
+        net.run_until(Duration::from_millis(30), |_| false);
+        if net.clients[0].received.len() > before + 5 {
+            got_media = true;
+            break;
+        }
+    }
+    assert!(
+        got_media,
+        "media reaches the resumed subscriber within 2 s (got {} packets after the restart)",
+        net.clients[0].received.len() - before
+    );
+    assert!(
+        net.router.resume(net.now, ParticipantId(99)).is_err(),
+        "an unknown participant cannot resume"
+    );
 }

@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod recordings;
 pub mod records;
 pub mod registry;
+pub mod resume;
 mod session;
 pub mod token;
 pub mod turn;
@@ -59,15 +60,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for a server with these keys, media loop and records.
+    /// State for a server with these keys, media loop and records, whose participants may
+    /// resume for `resume_window` after losing their socket (zero: never).
     pub fn new(
         keys: token::TokenKeys,
         api_key: String,
         sfu: SfuHandle,
         records: Arc<dyn records::ConsultRecords>,
         turn: Option<turn::TurnConfig>,
+        resume_window: std::time::Duration,
     ) -> Arc<Self> {
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(Registry::new(resume_window));
         Arc::new(Self {
             keys,
             api_key,
@@ -203,7 +206,11 @@ pub async fn dispatch(state: Arc<AppState>, mut events: mpsc::UnboundedReceiver<
                     SessionSignal::Send(ServerMessage::LayersWanted { track_id, rids }),
                 );
             }
-            RouterEvent::TransportFailed { participant } => {
+            // A suspended participant's connections fail while it is away; it is removed
+            // only at the end of its resume window, if it has not come back by then.
+            RouterEvent::TransportFailed { participant }
+                if !state.registry.is_suspended(participant) =>
+            {
                 state.registry.send(
                     participant,
                     SessionSignal::Close(
@@ -212,6 +219,7 @@ pub async fn dispatch(state: Arc<AppState>, mut events: mpsc::UnboundedReceiver<
                     ),
                 );
             }
+            RouterEvent::TransportFailed { .. } => {}
         }
     }
 }

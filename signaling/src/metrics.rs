@@ -19,6 +19,10 @@ pub struct Metrics {
     pub ws_messages: IntCounter,
     /// Protocol errors sent, by code.
     pub ws_errors: IntCounterVec,
+    /// Participants suspended after losing their socket.
+    pub suspensions: IntCounter,
+    /// Participants resumed on a new socket.
+    pub resumes: IntCounter,
 }
 
 impl Metrics {
@@ -37,9 +41,21 @@ impl Metrics {
             &["code"],
         )
         .expect("metric");
-        registry
-            .register(Box::new(joins.clone()))
-            .expect("register");
+        let suspensions = IntCounter::new(
+            "suspensions_total",
+            "Participants suspended after losing their signaling socket",
+        )
+        .expect("metric");
+        let resumes = IntCounter::new(
+            "resumes_total",
+            "Participants resumed on a new signaling socket",
+        )
+        .expect("metric");
+        for counter in [&joins, &suspensions, &resumes] {
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("register");
+        }
         registry
             .register(Box::new(ws_messages.clone()))
             .expect("register");
@@ -54,6 +70,8 @@ impl Metrics {
             joins,
             ws_messages,
             ws_errors,
+            suspensions,
+            resumes,
         }
     }
 
@@ -116,6 +134,11 @@ impl Collector for Snapshot {
         [
             gauge("rooms", "Open rooms", rooms as u64),
             gauge("participants", "Participants in rooms", participants as u64),
+            gauge(
+                "suspended_participants",
+                "Participants without a signaling socket, within their resume window",
+                self.rooms.suspended_count() as u64,
+            ),
             gauge("tracks", "Published tracks", media.tracks as u64),
             gauge(
                 "subscriptions",

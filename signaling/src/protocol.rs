@@ -60,6 +60,21 @@ pub enum ClientMessage {
         /// The track id as in `subscribe_offer`, or none.
         track_id: Option<String>,
     },
+    /// Take a participant over again on a new socket after the old one was lost (instead of
+    /// `join`, as the first message).
+    Resume {
+        /// A valid join token for the same identity, role and room.
+        token: String,
+        /// The room.
+        room: String,
+        /// The participant to resume (from `joined`).
+        participant_id: ParticipantId,
+        /// The secret from the last `joined` or `resumed`.
+        resume_token: String,
+    },
+    /// Keeps the socket alive; answered with a `heartbeat`, so that a page notices a dead
+    /// socket (browsers cannot see WebSocket pings).
+    Heartbeat {},
     /// Leave the room.
     Leave {},
 }
@@ -145,24 +160,35 @@ pub enum LeaveReason {
     RoomClosed,
 }
 
+/// What `joined` and `resumed` tell a participant about itself and its room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Welcome {
+    /// The participant itself.
+    pub participant: ParticipantView,
+    /// The room.
+    pub room: String,
+    /// The others in the room now.
+    pub participants: Vec<ParticipantView>,
+    /// The room's recording in progress, if it is being recorded.
+    pub recording: Option<RecordingStatus>,
+    /// TURN servers with this participant's short-lived credentials (empty without
+    /// TURN): the page's `RTCConfiguration.iceServers`.
+    pub ice_servers: Vec<crate::turn::IceServer>,
+    /// The secret that resumes this participant on a new socket (replaced by each
+    /// `resumed`).
+    pub resume_token: String,
+}
+
 /// A message to the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The join was accepted.
-    Joined {
-        /// The joining participant itself.
-        participant: ParticipantView,
-        /// The room.
-        room: String,
-        /// The others already in the room.
-        participants: Vec<ParticipantView>,
-        /// The room's recording in progress, if it is being recorded.
-        recording: Option<RecordingStatus>,
-        /// TURN servers with this participant's short-lived credentials (empty without
-        /// TURN): the page's `RTCConfiguration.iceServers`.
-        ice_servers: Vec<crate::turn::IceServer>,
-    },
+    Joined(Welcome),
+    /// The resume was accepted; a `subscribe_offer` that restarts ICE follows.
+    Resumed(Welcome),
+    /// The answer to a client's `heartbeat`.
+    Heartbeat {},
     /// The room's recording started (`on: true`, with its status) or stopped.
     Recording {
         /// Whether the room is being recorded now.
@@ -268,6 +294,9 @@ pub enum ErrorCode {
     RecordingUnavailable,
     /// No track with that id is forwarded to this participant.
     UnknownTrack,
+    /// A `resume` that cannot be honoured (unknown participant, wrong resume token, the
+    /// window ended); join afresh.
+    ResumeFailed,
     /// A server failure.
     Internal,
 }
@@ -286,6 +315,7 @@ impl ErrorCode {
                 | ErrorCode::RoomFull
                 | ErrorCode::RateLimited
                 | ErrorCode::Removed
+                | ErrorCode::ResumeFailed
         )
     }
 
@@ -309,6 +339,7 @@ impl ErrorCode {
             ErrorCode::Removed => "removed",
             ErrorCode::RecordingUnavailable => "recording_unavailable",
             ErrorCode::UnknownTrack => "unknown_track",
+            ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -343,8 +374,10 @@ impl From<ProtocolError> for ServerMessage {
     }
 }
 
-const KNOWN_TYPES: [&str; 8] = [
+const KNOWN_TYPES: [&str; 10] = [
     "join",
+    "resume",
+    "heartbeat",
     "publish_offer",
     "subscribe_answer",
     "set_muted",
@@ -393,6 +426,26 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
             ))
         }
         _ => Ok(message),
+    }
+}
+
+/// Whether `message` may come now: `join` or `resume` first (`not_joined` otherwise), and
+/// neither again once joined (`already_joined`).
+pub fn check_order(joined: bool, message: &ClientMessage) -> Result<(), ProtocolError> {
+    let opens = matches!(
+        message,
+        ClientMessage::Join { .. } | ClientMessage::Resume { .. }
+    );
+    match (joined, opens) {
+        (false, false) => Err(ProtocolError::new(
+            ErrorCode::NotJoined,
+            "send join (or resume) first",
+        )),
+        (true, true) => Err(ProtocolError::new(
+            ErrorCode::AlreadyJoined,
+            "already joined",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -494,6 +547,78 @@ mod tests {
             "a".repeat(MAX_MESSAGE_BYTES)
         );
         assert_eq!(code(&huge), ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn resume_and_heartbeat_parse_and_bad_ones_get_typed_errors() {
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"resume","token":"t","room":"r","participant_id":"p1f","resume_token":"ab"}"#
+            )
+            .unwrap(),
+            ClientMessage::Resume {
+                token: "t".into(),
+                room: "r".into(),
+                participant_id: ParticipantId(0x1f),
+                resume_token: "ab".into(),
+            }
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"heartbeat"}"#).unwrap(),
+            ClientMessage::Heartbeat {}
+        );
+        for bad in [
+            r#"{"type":"resume","token":"t","room":"r","resume_token":"ab"}"#,
+            r#"{"type":"resume","token":"t","room":"r","participant_id":"zz","resume_token":"ab"}"#,
+            r#"{"type":"resume","token":"t","room":"r","participant_id":"p1","resume_token":7}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::InvalidJson, "{bad}");
+        }
+        let resume = parse_client_message(
+            r#"{"type":"resume","token":"t","room":"r","participant_id":"p1","resume_token":"ab"}"#,
+        )
+        .unwrap();
+        assert_eq!(check_order(false, &resume), Ok(()));
+        assert_eq!(
+            check_order(true, &resume).unwrap_err().code,
+            ErrorCode::AlreadyJoined,
+            "resume is a first message only"
+        );
+        assert_eq!(
+            check_order(false, &ClientMessage::Heartbeat {})
+                .unwrap_err()
+                .code,
+            ErrorCode::NotJoined
+        );
+        assert_eq!(check_order(true, &ClientMessage::Heartbeat {}), Ok(()));
+        assert!(ErrorCode::ResumeFailed.is_fatal());
+        assert_eq!(ErrorCode::ResumeFailed.as_str(), "resume_failed");
+    }
+
+    #[test]
+    fn joined_and_resumed_carry_the_same_fields() {
+        let welcome = Welcome {
+            participant: ParticipantView {
+                id: ParticipantId(1),
+                identity: "a".into(),
+                role: "clinic".into(),
+            },
+            room: "r".into(),
+            participants: vec![],
+            recording: None,
+            ice_servers: vec![],
+            resume_token: "00ff".into(),
+        };
+        let joined = serde_json::to_value(ServerMessage::Joined(welcome.clone())).unwrap();
+        let mut resumed = serde_json::to_value(ServerMessage::Resumed(welcome)).unwrap();
+        assert_eq!(resumed["type"], "resumed");
+        resumed["type"] = "joined".into();
+        assert_eq!(joined, resumed);
+        assert_eq!(joined["resume_token"], "00ff");
+        assert_eq!(
+            serde_json::to_string(&ServerMessage::Heartbeat {}).unwrap(),
+            r#"{"type":"heartbeat"}"#
+        );
     }
 
     #[test]

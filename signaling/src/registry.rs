@@ -4,11 +4,12 @@
 use crate::protocol::{
     ErrorCode, LeaveReason, ParticipantView, ProtocolError, RecordingStatus, ServerMessage,
 };
+use crate::resume::{Detached, Epoch, ResumeToken, Suspensions};
 use serde::Serialize;
 use sfu::ParticipantId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -23,6 +24,21 @@ pub enum SessionSignal {
     Send(ServerMessage),
     /// Send this error and close; the participant leaves for `reason`.
     Close(ProtocolError, LeaveReason),
+    /// A new socket has resumed the participant: close without leaving.
+    Replaced,
+}
+
+/// A participant admitted or resumed on a socket.
+#[derive(Debug)]
+pub struct Admission {
+    /// The participant.
+    pub view: ParticipantView,
+    /// The others in the room now.
+    pub others: Vec<ParticipantView>,
+    /// The socket's epoch (see [`Suspensions`]).
+    pub epoch: Epoch,
+    /// The secret that resumes it on the next socket.
+    pub resume_token: ResumeToken,
 }
 
 /// A room as the REST API shows it.
@@ -79,18 +95,73 @@ struct Member {
     joined_at_ms: u64,
     session: mpsc::Sender<SessionSignal>,
     muted: HashSet<String>,
+    resume_token: ResumeToken,
 }
 
-#[derive(Default)]
 struct Inner {
     rooms: HashMap<String, Room>,
     members: HashMap<ParticipantId, Member>,
     /// Recordings in progress by room (a room emptied while recorded stays here until its
     /// recording is stopped).
     recordings: HashMap<String, RecordingStatus>,
+    /// Which socket each member is on, or until when it is suspended.
+    suspensions: Suspensions,
 }
 
 impl Inner {
+    fn new(resume_window: Duration) -> Self {
+        Self {
+            rooms: HashMap::new(),
+            members: HashMap::new(),
+            recordings: HashMap::new(),
+            suspensions: Suspensions::new(resume_window),
+        }
+    }
+
+    /// Others of `id`'s room, as views.
+    fn others(&self, room: &str, id: ParticipantId) -> Vec<ParticipantView> {
+        self.rooms
+            .get(room)
+            .map_or(&[][..], |r| &r.members[..])
+            .iter()
+            .filter(|m| **m != id)
+            .filter_map(|m| self.members.get(m))
+            .map(|m| m.view.clone())
+            .collect()
+    }
+
+    /// Removes a participant and tells the others why it left.
+    fn remove(&mut self, id: ParticipantId, reason: LeaveReason) -> bool {
+        self.suspensions.forget(id);
+        let Some(member) = self.members.remove(&id) else {
+            return false;
+        };
+        let mut others = Vec::new();
+        if let Some(room) = self.rooms.get_mut(&member.room) {
+            room.members.retain(|m| *m != id);
+            others = room.members.clone();
+            if room.members.is_empty()
+                && !room.closed
+                && room.max_participants.is_none()
+                && !room.record
+            {
+                self.rooms.remove(&member.room);
+            }
+        }
+        for other in others {
+            if let Some(m) = self.members.get(&other) {
+                deliver(
+                    &m.session,
+                    SessionSignal::Send(ServerMessage::ParticipantLeft {
+                        participant_id: id,
+                        reason,
+                    }),
+                );
+            }
+        }
+        true
+    }
+
     /// Queues `message` for everyone in `room`.
     fn broadcast(&self, room: &str, message: &ServerMessage) {
         let members = self.rooms.get(room).map_or(&[][..], |r| &r.members[..]);
@@ -114,9 +185,14 @@ impl Inner {
 }
 
 /// Rooms and participants. All methods take the lock briefly and never await.
-#[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(crate::resume::DEFAULT_RESUME_WINDOW)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -133,18 +209,26 @@ fn deliver(session: &mpsc::Sender<SessionSignal>, signal: SessionSignal) {
 }
 
 impl Registry {
+    /// An empty registry whose participants may resume for `resume_window` after losing
+    /// their socket (zero: never).
+    pub fn new(resume_window: Duration) -> Self {
+        Self {
+            inner: Mutex::new(Inner::new(resume_window)),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("registry lock")
     }
 
-    /// Admits a participant to `room` (creating the room on first use) and tells the others.
-    /// Returns the others already present.
+    /// Admits a participant to `room` (creating the room on first use) on the socket of
+    /// `session` and tells the others.
     pub fn admit(
         &self,
         view: ParticipantView,
         room: &str,
         session: mpsc::Sender<SessionSignal>,
-    ) -> Result<Vec<ParticipantView>, ProtocolError> {
+    ) -> Result<Admission, ProtocolError> {
         let mut inner = self.lock();
         let entry = inner.rooms.entry(room.to_owned()).or_insert_with(Room::new);
         if entry.closed {
@@ -178,49 +262,116 @@ impl Registry {
                 );
             }
         }
+        let resume_token = ResumeToken::random();
+        let epoch = inner.suspensions.attach(view.id);
         inner.members.insert(
             view.id,
             Member {
-                view,
+                view: view.clone(),
                 room: room.to_owned(),
                 joined_at_ms: now_ms(),
                 session,
                 muted: HashSet::new(),
+                resume_token: resume_token.clone(),
             },
         );
-        Ok(views)
+        Ok(Admission {
+            view,
+            others: views,
+            epoch,
+            resume_token,
+        })
     }
 
     /// Removes a participant and tells the others why it left. Returns whether it was there.
     pub fn remove(&self, id: ParticipantId, reason: LeaveReason) -> bool {
+        self.lock().remove(id, reason)
+    }
+
+    /// Removes a participant if `epoch` is still its socket (a socket that another has
+    /// taken over removes nobody). Returns whether it was removed.
+    pub fn depart(&self, id: ParticipantId, epoch: Epoch, reason: LeaveReason) -> bool {
         let mut inner = self.lock();
-        let Some(member) = inner.members.remove(&id) else {
-            return false;
+        inner.suspensions.is_current(id, epoch) && inner.remove(id, reason)
+    }
+
+    /// The socket of `epoch` ended without `leave` at `now`: suspends the participant, or
+    /// removes it at once (reason `disconnected`) when resume is off.
+    pub fn detach(&self, id: ParticipantId, epoch: Epoch, now: Instant) -> Detached {
+        let mut inner = self.lock();
+        let outcome = inner.suspensions.detach(id, epoch, now);
+        if outcome == Detached::Remove {
+            inner.remove(id, LeaveReason::Disconnected);
+        }
+        outcome
+    }
+
+    /// Removes a participant whose suspension of `epoch` has run out at `now` (reason
+    /// `disconnected`). Returns whether it was removed.
+    pub fn expire(&self, id: ParticipantId, epoch: Epoch, now: Instant) -> bool {
+        let mut inner = self.lock();
+        inner.suspensions.expire(id, epoch, now) && inner.remove(id, LeaveReason::Disconnected)
+    }
+
+    /// Whether a participant is suspended (its socket lost, within the resume window).
+    pub fn is_suspended(&self, id: ParticipantId) -> bool {
+        self.lock().suspensions.is_suspended(id)
+    }
+
+    /// Participants suspended now.
+    pub fn suspended_count(&self) -> usize {
+        self.lock().suspensions.suspended_count()
+    }
+
+    /// Attaches participant `id` of `room` to a new socket, `session`, if `resume_token` is
+    /// its secret and `identity` and `role` (from the new socket's join token) are its own;
+    /// an old socket still open is told to close without leaving. The others are not told.
+    pub fn resume(
+        &self,
+        id: ParticipantId,
+        room: &str,
+        (identity, role): (&str, &str),
+        resume_token: &str,
+        session: mpsc::Sender<SessionSignal>,
+        now: Instant,
+    ) -> Result<Admission, ProtocolError> {
+        let failed = |why: &str| ProtocolError::new(ErrorCode::ResumeFailed, why);
+        let mut inner = self.lock();
+        let Some(member) = inner.members.get(&id).filter(|m| m.room == room) else {
+            return Err(failed(
+                "no such participant in this room (it left, or its resume window ended); join again",
+            ));
         };
-        let mut others = Vec::new();
-        if let Some(room) = inner.rooms.get_mut(&member.room) {
-            room.members.retain(|m| *m != id);
-            others = room.members.clone();
-            if room.members.is_empty()
-                && !room.closed
-                && room.max_participants.is_none()
-                && !room.record
-            {
-                inner.rooms.remove(&member.room);
-            }
+        if !member.resume_token.matches(resume_token) {
+            return Err(failed("wrong resume token; join again"));
         }
-        for other in others {
-            if let Some(m) = inner.members.get(&other) {
-                deliver(
-                    &m.session,
-                    SessionSignal::Send(ServerMessage::ParticipantLeft {
-                        participant_id: id,
-                        reason,
-                    }),
-                );
-            }
+        if member.view.identity != identity || member.view.role != role {
+            return Err(failed(
+                "the token is for another identity or role; join again",
+            ));
         }
-        true
+        if inner.rooms.get(room).is_some_and(|r| r.closed) {
+            return Err(ProtocolError::new(
+                ErrorCode::RoomClosed,
+                "this room has been closed",
+            ));
+        }
+        let epoch = inner
+            .suspensions
+            .resume(id, now)
+            .map_err(|e| failed(&format!("{e}; join again")))?;
+        let resume_token = ResumeToken::random();
+        let member = inner.members.get_mut(&id).expect("checked above");
+        let old = std::mem::replace(&mut member.session, session);
+        member.resume_token = resume_token.clone();
+        let view = member.view.clone();
+        deliver(&old, SessionSignal::Replaced);
+        Ok(Admission {
+            others: inner.others(room, id),
+            view,
+            epoch,
+            resume_token,
+        })
     }
 
     /// Queues a signal for one participant's session.
@@ -430,8 +581,8 @@ mod tests {
         let reg = Registry::default();
         let (tx1, mut rx1) = mpsc::channel(8);
         let (tx2, _rx2) = mpsc::channel(8);
-        assert!(reg.admit(view(1), "r", tx1).unwrap().is_empty());
-        let others = reg.admit(view(2), "r", tx2).unwrap();
+        assert!(reg.admit(view(1), "r", tx1).unwrap().others.is_empty());
+        let others = reg.admit(view(2), "r", tx2).unwrap().others;
         assert_eq!(others, vec![view(1)]);
         assert!(matches!(
             rx1.try_recv().unwrap(),
@@ -446,6 +597,125 @@ mod tests {
             })
         ));
         assert!(!reg.remove(ParticipantId(2), LeaveReason::Left));
+    }
+
+    #[test]
+    fn a_lost_socket_suspends_silently_and_resume_takes_the_participant_over() {
+        let reg = Registry::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let (tx1, mut rx1) = mpsc::channel(8);
+        let (tx2, mut rx2) = mpsc::channel(8);
+        reg.admit(view(1), "r", tx1).unwrap();
+        let second = reg.admit(view(2), "r", tx2).unwrap();
+        let _ = rx1.try_recv(); // participant_joined
+        assert!(matches!(
+            reg.detach(ParticipantId(2), second.epoch, t0),
+            Detached::Suspended { .. }
+        ));
+        assert!(reg.is_suspended(ParticipantId(2)));
+        assert!(rx1.try_recv().is_err(), "the others are not told");
+        assert_eq!(reg.participants("r").unwrap().len(), 2);
+
+        let who = ("user2", "clinic");
+        let resume = |token: &str, id: u64, room: &str, at: Instant| {
+            let (tx, _rx) = mpsc::channel(8);
+            reg.resume(ParticipantId(id), room, who, token, tx, at)
+                .map(|a| a.epoch)
+                .map_err(|e| e.code)
+        };
+        let secret = second.resume_token.as_str().to_owned();
+        assert_eq!(resume("00", 2, "r", t0), Err(ErrorCode::ResumeFailed));
+        assert_eq!(resume(&secret, 9, "r", t0), Err(ErrorCode::ResumeFailed));
+        assert_eq!(
+            resume(&secret, 2, "other", t0),
+            Err(ErrorCode::ResumeFailed)
+        );
+        let (tx, _rx) = mpsc::channel(8);
+        assert_eq!(
+            reg.resume(
+                ParticipantId(2),
+                "r",
+                ("mallory", "clinic"),
+                &secret,
+                tx,
+                t0
+            )
+            .unwrap_err()
+            .code,
+            ErrorCode::ResumeFailed,
+            "another identity's token does not resume it"
+        );
+        let (tx3, _rx3) = mpsc::channel(8);
+        let third = reg
+            .resume(
+                ParticipantId(2),
+                "r",
+                who,
+                &secret,
+                tx3,
+                t0 + Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(third.others, vec![view(1)]);
+        assert_ne!(
+            third.resume_token.as_str(),
+            secret,
+            "a new secret each time"
+        );
+        assert!(matches!(rx2.try_recv().unwrap(), SessionSignal::Replaced));
+        assert!(!reg.is_suspended(ParticipantId(2)));
+        // The old socket's end and its suspension's deadline change nothing now.
+        assert_eq!(
+            reg.detach(ParticipantId(2), second.epoch, t0),
+            Detached::Stale
+        );
+        assert!(!reg.expire(ParticipantId(2), second.epoch, t0 + Duration::from_secs(60)));
+        assert!(!reg.depart(ParticipantId(2), second.epoch, LeaveReason::Left));
+        assert!(rx1.try_recv().is_err(), "still nobody was told");
+        assert_eq!(
+            resume(&secret, 2, "r", t0),
+            Err(ErrorCode::ResumeFailed),
+            "the old secret is spent"
+        );
+    }
+
+    #[test]
+    fn the_end_of_the_window_removes_the_participant_and_a_late_resume_fails() {
+        let window = Duration::from_secs(30);
+        let reg = Registry::new(window);
+        let t0 = Instant::now();
+        let (tx1, mut rx1) = mpsc::channel(8);
+        let (tx2, _rx2) = mpsc::channel(8);
+        reg.admit(view(1), "r", tx1).unwrap();
+        let second = reg.admit(view(2), "r", tx2).unwrap();
+        let _ = rx1.try_recv();
+        reg.detach(ParticipantId(2), second.epoch, t0);
+        let (tx, _rx) = mpsc::channel(8);
+        let late = reg.resume(
+            ParticipantId(2),
+            "r",
+            ("user2", "clinic"),
+            second.resume_token.as_str(),
+            tx,
+            t0 + window,
+        );
+        assert_eq!(late.unwrap_err().code, ErrorCode::ResumeFailed);
+        assert!(reg.expire(ParticipantId(2), second.epoch, t0 + window));
+        assert!(matches!(
+            rx1.try_recv().unwrap(),
+            SessionSignal::Send(ServerMessage::ParticipantLeft {
+                reason: LeaveReason::Disconnected,
+                ..
+            })
+        ));
+        assert_eq!(reg.participants("r").unwrap().len(), 1);
+
+        // With resume off, a lost socket removes at once.
+        let off = Registry::new(Duration::ZERO);
+        let (tx, _rx) = mpsc::channel(8);
+        let a = off.admit(view(3), "q", tx).unwrap();
+        assert_eq!(off.detach(ParticipantId(3), a.epoch, t0), Detached::Remove);
+        assert!(off.participants("q").is_none());
     }
 
     #[test]

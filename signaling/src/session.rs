@@ -4,11 +4,12 @@
 use crate::AppState;
 use crate::protocol::{
     ClientMessage, ErrorCode, LeaveReason, MAX_MESSAGE_BYTES, ParticipantView, ProtocolError,
-    ServerMessage, parse_client_message,
+    ServerMessage, Welcome, check_order, parse_client_message,
 };
 use crate::records::{self, Actor};
-use crate::registry::{SESSION_QUEUE, SessionSignal};
-use crate::token::{Role, TokenError};
+use crate::registry::{Admission, SESSION_QUEUE, SessionSignal};
+use crate::resume::{Detached, Epoch};
+use crate::token::{Claims, Role, TokenError};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use sfu::{ParticipantId, ParticipantInfo, SfuError};
 use std::net::IpAddr;
@@ -32,12 +33,16 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code for "policy violation" (RFC 6455).
 const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code for a socket taken over by a newer one of the same participant.
+const CLOSE_REPLACED: u16 = 4001;
 
 struct Joined {
     id: ParticipantId,
     role: Role,
     room: String,
     identity: String,
+    /// This socket's epoch (see [`crate::resume::Suspensions`]).
+    epoch: Epoch,
 }
 
 impl Joined {
@@ -54,6 +59,22 @@ enum Next {
     Leave,
 }
 
+/// How a session's socket ended.
+enum End {
+    /// The participant leaves now, for this reason.
+    Leave(LeaveReason),
+    /// The socket was lost (closed abnormally, or silent): suspend the participant.
+    Lost,
+    /// A newer socket resumed the participant.
+    Replaced,
+}
+
+/// Whether a close frame from the client is a deliberate end (normal closure or going
+/// away) rather than a page abandoning a socket it believes dead.
+fn is_clean_close(frame: Option<&CloseFrame>) -> bool {
+    frame.is_some_and(|f| f.code == 1000 || f.code == 1001)
+}
+
 /// Runs a session until the participant leaves or is disconnected, then cleans up.
 pub async fn run(mut socket: WebSocket, state: Arc<AppState>, peer_ip: IpAddr) {
     let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
@@ -63,10 +84,10 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, peer_ip: IpAddr) {
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut window = (Instant::now(), 0u32);
 
-    let reason = loop {
+    let end = loop {
         tokio::select! {
             incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { break LeaveReason::Disconnected };
+                let Some(Ok(message)) = incoming else { break End::Lost };
                 last_heard = Instant::now();
                 let text = match message {
                     Message::Text(text) => text,
@@ -76,7 +97,10 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, peer_ip: IpAddr) {
                         continue;
                     }
                     Message::Binary(_) => Utf8Bytes::from(String::new()),
-                    Message::Close(_) => break LeaveReason::Disconnected,
+                    Message::Close(frame) if is_clean_close(frame.as_ref()) => {
+                        break End::Leave(LeaveReason::Disconnected)
+                    }
+                    Message::Close(_) => break End::Lost,
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 let oversized = text.is_empty() || text.len() > MAX_MESSAGE_BYTES;
@@ -97,10 +121,10 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, peer_ip: IpAddr) {
                 };
                 match result {
                     Ok(Next::Continue) => {}
-                    Ok(Next::Leave) => break LeaveReason::Left,
+                    Ok(Next::Leave) => break End::Leave(LeaveReason::Left),
                     Err(e) if e.code.is_fatal() => {
                         close_with(&mut socket, &state, e).await;
-                        break LeaveReason::Disconnected;
+                        break End::Leave(LeaveReason::Disconnected);
                     }
                     Err(e) => send_error(&mut socket, &state, e).await,
                 }
@@ -108,49 +132,108 @@ pub async fn run(mut socket: WebSocket, state: Arc<AppState>, peer_ip: IpAddr) {
             Some(signal) = rx.recv() => match signal {
                 SessionSignal::Send(message) => {
                     if send(&mut socket, &message).await.is_err() {
-                        break LeaveReason::Disconnected;
+                        break End::Lost;
                     }
                 }
                 SessionSignal::Close(e, reason) => {
                     close_with(&mut socket, &state, e).await;
-                    break reason;
+                    break End::Leave(reason);
+                }
+                SessionSignal::Replaced => {
+                    let frame = CloseFrame { code: CLOSE_REPLACED, reason: Utf8Bytes::from_static("replaced") };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    break End::Replaced;
                 }
             },
             _ = ping.tick() => {
                 if joined.is_none() && opened.elapsed() > JOIN_TIMEOUT {
                     let e = ProtocolError::new(ErrorCode::NotJoined, "no join message in time");
                     close_with(&mut socket, &state, e).await;
-                    break LeaveReason::Disconnected;
+                    break End::Leave(LeaveReason::Disconnected);
                 }
                 if last_heard.elapsed() > SILENCE_LIMIT {
-                    debug!("session silent; disconnecting");
-                    break LeaveReason::Disconnected;
+                    debug!("session silent");
+                    break End::Lost;
                 }
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break LeaveReason::Disconnected;
+                    break End::Lost;
                 }
             }
         }
     };
+    drop(socket);
 
-    if let Some(joined) = joined {
-        info!(participant = %joined.id, ?reason, "participant left");
-        state.registry.remove(joined.id, reason);
-        state.sfu.leave(joined.id).await;
-        records::audit(
-            &state,
-            "leave",
-            joined.actor(),
-            &joined.room,
-            Some(joined.id.to_string()),
-        );
-        // The last one out ends the room's recording.
-        if state.registry.is_empty(&joined.room)
-            && state.registry.recording(&joined.room).is_some()
-            && let Err(e) = records::stop(&state, &joined.room, Actor::room()).await
-        {
-            warn!("stopping the recording of an emptied room failed: {e}");
+    let Some(me) = joined else { return };
+    match end {
+        End::Leave(reason) => {
+            if state.registry.depart(me.id, me.epoch, reason) {
+                departed(&state, &me, reason).await;
+            }
         }
+        End::Replaced => {}
+        End::Lost => match state.registry.detach(me.id, me.epoch, Instant::now()) {
+            Detached::Remove => departed(&state, &me, LeaveReason::Disconnected).await,
+            Detached::Stale => {}
+            Detached::Suspended { until } => {
+                state.metrics.suspensions.inc();
+                info!(participant = %me.id, "participant suspended");
+                suspended(&state, &me, &mut rx, until).await;
+            }
+        },
+    }
+}
+
+/// Waits, without a socket, until the participant is resumed on another one, removed by
+/// an administrator or a closed room, or its resume window ends (then it is removed).
+/// Messages for it are dropped meanwhile: it gets the current state on resume.
+async fn suspended(
+    state: &AppState,
+    me: &Joined,
+    rx: &mut mpsc::Receiver<SessionSignal>,
+    until: Instant,
+) {
+    let deadline = tokio::time::sleep_until(until.into());
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                if state.registry.expire(me.id, me.epoch, Instant::now()) {
+                    departed(state, me, LeaveReason::Disconnected).await;
+                }
+                return;
+            }
+            signal = rx.recv() => match signal {
+                Some(SessionSignal::Send(_)) => {}
+                Some(SessionSignal::Close(_, reason)) => {
+                    if state.registry.depart(me.id, me.epoch, reason) {
+                        departed(state, me, reason).await;
+                    }
+                    return;
+                }
+                Some(SessionSignal::Replaced) | None => return,
+            },
+        }
+    }
+}
+
+/// What follows a participant's removal from the registry: its media, the audit trail, and
+/// the recording of a room it leaves empty.
+async fn departed(state: &AppState, me: &Joined, reason: LeaveReason) {
+    info!(participant = %me.id, ?reason, "participant left");
+    state.sfu.leave(me.id).await;
+    records::audit(
+        state,
+        "leave",
+        me.actor(),
+        &me.room,
+        Some(me.id.to_string()),
+    );
+    // The last one out ends the room's recording.
+    if state.registry.is_empty(&me.room)
+        && state.registry.recording(&me.room).is_some()
+        && let Err(e) = records::stop(state, &me.room, Actor::room()).await
+    {
+        warn!("stopping the recording of an emptied room failed: {e}");
     }
 }
 
@@ -163,22 +246,41 @@ async fn handle(
     text: &str,
 ) -> Result<Next, ProtocolError> {
     let message = parse_client_message(text)?;
+    check_order(joined.is_some(), &message)?;
     let Some(me) = joined.as_ref() else {
-        let ClientMessage::Join { token, room } = message else {
-            return Err(ProtocolError::new(ErrorCode::NotJoined, "send join first"));
-        };
-        let (me, reply) = join(state, tx, peer_ip, &token, &room).await?;
-        *joined = Some(me);
-        send(socket, &reply)
-            .await
-            .map_err(|_| ProtocolError::new(ErrorCode::Internal, "socket closed"))?;
+        match message {
+            ClientMessage::Join { token, room } => {
+                let (me, reply) = join(state, tx, peer_ip, &token, &room).await?;
+                *joined = Some(me);
+                send(socket, &reply).await.map_err(socket_closed)?;
+            }
+            ClientMessage::Resume {
+                token,
+                room,
+                participant_id,
+                resume_token,
+            } => {
+                let claims = verify(state, peer_ip, &token, &room)?;
+                let (me, reply) = resume(state, tx, claims, &room, participant_id, &resume_token)?;
+                *joined = Some(me);
+                // `resumed` goes out before the ICE-restart subscribe offer the router makes.
+                send(socket, &reply).await.map_err(socket_closed)?;
+                media(state.sfu.resume(participant_id).await)?;
+            }
+            _ => unreachable!("check_order lets only join or resume open a session"),
+        }
         return Ok(Next::Continue);
     };
     match message {
-        ClientMessage::Join { .. } => Err(ProtocolError::new(
-            ErrorCode::AlreadyJoined,
-            "already joined",
-        )),
+        ClientMessage::Join { .. } | ClientMessage::Resume { .. } => {
+            unreachable!("check_order refuses join and resume once joined")
+        }
+        ClientMessage::Heartbeat {} => {
+            send(socket, &ServerMessage::Heartbeat {})
+                .await
+                .map_err(socket_closed)?;
+            Ok(Next::Continue)
+        }
         ClientMessage::PublishOffer { sdp, tracks } => {
             if !me.role.can_publish() {
                 return Err(ProtocolError::new(
@@ -197,7 +299,7 @@ async fn handle(
             );
             send(socket, &ServerMessage::PublishAnswer { sdp: answer.sdp })
                 .await
-                .map_err(|_| ProtocolError::new(ErrorCode::Internal, "socket closed"))?;
+                .map_err(socket_closed)?;
             Ok(Next::Continue)
         }
         ClientMessage::SubscribeAnswer { sdp } => {
@@ -249,6 +351,56 @@ async fn join(
     token: &str,
     room: &str,
 ) -> Result<(Joined, ServerMessage), ProtocolError> {
+    let claims = verify(state, peer_ip, token, room)?;
+    let view = ParticipantView {
+        id: ParticipantId::random(),
+        identity: claims.sub.clone(),
+        role: claims.role.to_string(),
+    };
+    let Admission {
+        others,
+        epoch,
+        resume_token,
+        ..
+    } = state.registry.admit(view.clone(), room, tx.clone())?;
+    let info = ParticipantInfo {
+        id: view.id,
+        room: room.to_owned(),
+        identity: claims.sub,
+        role: claims.role.to_string(),
+        can_publish: claims.role.can_publish(),
+    };
+    if let Err(e) = media(state.sfu.join(info).await) {
+        state.registry.remove(view.id, LeaveReason::Disconnected);
+        return Err(e);
+    }
+    state.metrics.joins.inc();
+    info!(participant = %view.id, role = %claims.role, "participant joined");
+    let me = Joined {
+        id: view.id,
+        role: claims.role,
+        room: room.to_owned(),
+        identity: view.identity.clone(),
+        epoch,
+    };
+    records::audit(state, "join", me.actor(), room, Some(view.id.to_string()));
+    if state.registry.records_from_start(room)
+        && let Err(e) = records::start(state, room, Actor::room()).await
+    {
+        warn!("a room recorded from the start could not start recording: {e}");
+    }
+    let welcome = welcome(state, view, room, others, resume_token.as_str());
+    Ok((me, ServerMessage::Joined(welcome)))
+}
+
+/// The join token's claims, checked as for `join`: the address's join rate, signature,
+/// expiry and room.
+fn verify(
+    state: &AppState,
+    peer_ip: IpAddr,
+    token: &str,
+    room: &str,
+) -> Result<Claims, ProtocolError> {
     if !state.join_limiter.allow(peer_ip, Instant::now()) {
         return Err(ProtocolError::new(
             ErrorCode::RateLimited,
@@ -268,53 +420,68 @@ async fn join(
             "the token is for another room",
         ));
     }
-    let view = ParticipantView {
-        id: ParticipantId::random(),
-        identity: claims.sub.clone(),
-        role: claims.role.to_string(),
-    };
-    let others = state.registry.admit(view.clone(), room, tx.clone())?;
-    let info = ParticipantInfo {
-        id: view.id,
-        room: room.to_owned(),
-        identity: claims.sub,
-        role: claims.role.to_string(),
-        can_publish: claims.role.can_publish(),
-    };
-    if let Err(e) = media(state.sfu.join(info).await) {
-        state.registry.remove(view.id, LeaveReason::Disconnected);
-        return Err(e);
-    }
-    state.metrics.joins.inc();
-    info!(participant = %view.id, role = %claims.role, "participant joined");
+    Ok(claims)
+}
+
+/// Takes participant `id` over on this socket (see [`crate::registry::Registry::resume`]).
+fn resume(
+    state: &AppState,
+    tx: &mpsc::Sender<SessionSignal>,
+    claims: Claims,
+    room: &str,
+    id: ParticipantId,
+    resume_token: &str,
+) -> Result<(Joined, ServerMessage), ProtocolError> {
+    let Admission {
+        view,
+        others,
+        epoch,
+        resume_token,
+    } = state.registry.resume(
+        id,
+        room,
+        (&claims.sub, &claims.role.to_string()),
+        resume_token,
+        tx.clone(),
+        Instant::now(),
+    )?;
+    state.metrics.resumes.inc();
+    info!(participant = %id, "participant resumed");
     let me = Joined {
-        id: view.id,
+        id,
         role: claims.role,
         room: room.to_owned(),
         identity: view.identity.clone(),
+        epoch,
     };
-    records::audit(state, "join", me.actor(), room, Some(view.id.to_string()));
-    if state.registry.records_from_start(room)
-        && let Err(e) = records::start(state, room, Actor::room()).await
-    {
-        warn!("a room recorded from the start could not start recording: {e}");
+    let welcome = welcome(state, view, room, others, resume_token.as_str());
+    Ok((me, ServerMessage::Resumed(welcome)))
+}
+
+/// The contents of `joined` and `resumed`.
+fn welcome(
+    state: &AppState,
+    participant: ParticipantView,
+    room: &str,
+    others: Vec<ParticipantView>,
+    resume_token: &str,
+) -> Welcome {
+    Welcome {
+        ice_servers: state
+            .turn
+            .iter()
+            .map(|t| t.credentials(&participant.id.to_string(), SystemTime::now()))
+            .collect(),
+        participant,
+        room: room.to_owned(),
+        participants: others,
+        recording: state.registry.recording(room),
+        resume_token: resume_token.to_owned(),
     }
-    let recording = state.registry.recording(room);
-    let view_id = view.id;
-    Ok((
-        me,
-        ServerMessage::Joined {
-            participant: view,
-            room: room.to_owned(),
-            participants: others,
-            recording,
-            ice_servers: state
-                .turn
-                .iter()
-                .map(|t| t.credentials(&view_id.to_string(), std::time::SystemTime::now()))
-                .collect(),
-        },
-    ))
+}
+
+fn socket_closed(_: axum::Error) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Internal, "socket closed")
 }
 
 /// Maps the media loop's answer to a protocol error.

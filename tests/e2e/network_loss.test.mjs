@@ -1,6 +1,7 @@
-// A participant whose network goes away (no close, no FIN: its socket simply stops reading
-// and answering pings) disappears for the others within 5 seconds, through the server's
-// liveness check, with reason `disconnected`.
+// With resume off (`--resume-window 0s`), a participant whose network goes away (no close,
+// no FIN: its socket simply stops reading and answering pings) disappears for the others
+// within 5 seconds, through the server's liveness check, with reason `disconnected`. (With
+// resume on it is suspended first: resume.test.mjs.)
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +12,7 @@ let server;
 const raws = new RawClientPool();
 
 before(async () => {
-  server = await startServer({ name: 'network_loss' });
+  server = await startServer({ name: 'network_loss', extraArgs: ['--resume-window', '0s'] });
 }, { timeout: 60_000 });
 
 after(async () => {

@@ -23,6 +23,9 @@
  *                                     // the server's last `quality` report: its bandwidth
  *                                     // estimate towards us and the layer of each video
  *     pinned: string | null,          // the track id we pinned
+ *     reconnecting: boolean,          // the signaling socket was lost and the page is
+ *                                     // reconnecting to resume (`joined` stays true)
+ *     resumes: number,                // times the page resumed on a new socket
  *   }
  *
  *   window.medrelayStats() → Promise<[{
@@ -50,6 +53,7 @@ import { ChatPanel } from './chat.js';
 import { canShareScreen, openLocalMedia, openScreen } from './media.js';
 import { PublisherPeer, SubscriberPeer } from './peer.js';
 import { QualityMonitor } from './quality.js';
+import { Heartbeat, Reconnector } from './resume.js';
 import { TileGrid } from './tiles.js';
 
 /** Server error codes after which the server closes the socket (docs/signaling.md). */
@@ -118,6 +122,10 @@ const state = {
   recording: null,
   /** The server's last `quality` report (estimate and layers of what we receive). */
   received: null,
+  /** The signaling socket was lost; new ones are tried until one resumes. */
+  reconnecting: false,
+  /** Successful resumes. */
+  resumes: 0,
 };
 
 /** What exists while connected. */
@@ -139,7 +147,47 @@ const session = {
   relayOnly: false,
   /** @type {{iceServers: RTCIceServer[], relayOnly: boolean}} ICE settings from `joined` */
   ice: { iceServers: [], relayOnly: false },
+  /** The join token (from the page address), sent again with `resume`. */
+  token: null,
+  /** The secret of the latest `joined`/`resumed`. */
+  resumeToken: null,
+  /** Fails a `resume` that gets no answer. */
+  resumeTimer: null,
 };
+
+/** How long a sent `resume` may wait for its answer before the socket is given up. */
+const RESUME_ANSWER_MS = 4000;
+
+const heartbeat = new Heartbeat({
+  send: () => session.signaling?.send('heartbeat'),
+  onDead: () => {
+    console.warn('signaling: no answer from the server; reconnecting');
+    session.signaling?.abandon();
+    startReconnecting();
+  },
+});
+
+const reconnector = new Reconnector({
+  onMessage: (msg) => handleMessage(msg),
+  onClose: (client, event) => onSocketClosed(client, event),
+  onOpen: (client) => {
+    session.signaling = client;
+    client.send('resume', {
+      token: session.token,
+      room: state.room,
+      participant_id: state.self.id,
+      resume_token: session.resumeToken,
+    });
+    session.resumeTimer = setTimeout(() => {
+      client.abandon();
+      reconnector.start();
+    }, RESUME_ANSWER_MS);
+  },
+  onGiveUp: () => {
+    setLabelledError('connection_closed', 'error.connectionClosed', { code: 1006 });
+    end('disconnected');
+  },
+});
 
 const tiles = new TileGrid($('tiles'), {
   onPin: (trackId) => {
@@ -172,6 +220,8 @@ window.medrelayState = () => ({
   recording: state.recording,
   quality: state.received,
   pinned: tiles.pinned(),
+  reconnecting: state.reconnecting,
+  resumes: state.resumes,
 });
 
 window.medrelayStats = async () => (session.subscriber ? session.subscriber.inboundStats() : []);
@@ -228,22 +278,29 @@ function main() {
 async function join(room, token) {
   state.phase = 'connecting';
   state.room = room;
+  session.token = token;
   render();
-  session.signaling = new SignalingClient({ onMessage: handleMessage, onClose: onSocketClosed });
+  const client = new SignalingClient({ onMessage: handleMessage, onClose: (event) => onSocketClosed(client, event) });
+  session.signaling = client;
   try {
-    await session.signaling.connect(signalingUrl());
+    await client.connect(signalingUrl());
   } catch {
     return; // reported by onSocketClosed
   }
   session.socketOpened = true;
-  session.signaling.send('join', { token, room });
+  client.send('join', { token, room });
 }
 
 /** Handles one server message; the next one waits until this has finished. */
 async function handleMessage(msg) {
+  heartbeat.heard();
   switch (msg.type) {
+    case 'heartbeat':
+      return;
     case 'joined':
       return onJoined(msg);
+    case 'resumed':
+      return onResumed(msg);
     case 'subscribe_offer':
       return onSubscribeOffer(msg);
     case 'publish_answer':
@@ -280,6 +337,8 @@ async function handleMessage(msg) {
 
 function onJoined(msg) {
   state.phase = 'joined';
+  session.resumeToken = msg.resume_token ?? null;
+  heartbeat.start();
   state.self = msg.participant;
   state.room = msg.room;
   state.recording = msg.recording ?? null;
@@ -321,8 +380,54 @@ async function onSubscribeOffer(msg) {
   refreshRemote();
 }
 
+/** The signaling socket was lost while joined: keep everything and try to resume. */
+function startReconnecting() {
+  if (state.phase !== 'joined' || !session.resumeToken) return;
+  heartbeat.stop();
+  state.reconnecting = true;
+  render();
+  reconnector.start();
+}
+
+/**
+ * Back on a new socket as the same participant: reconcile what was missed while away; the
+ * server's next `subscribe_offer` restarts ICE on the subscriber connection, and the
+ * publisher connection restarts ICE itself unless it is still connected.
+ */
+function onResumed(msg) {
+  clearTimeout(session.resumeTimer);
+  state.reconnecting = false;
+  state.resumes += 1;
+  session.resumeToken = msg.resume_token;
+  state.self = msg.participant;
+  state.recording = msg.recording ?? null;
+  const present = new Map((msg.participants ?? []).map((p) => [p.id, p]));
+  for (const id of state.remote.keys()) {
+    if (!present.has(id)) session.subscriber?.forgetParticipant(id);
+  }
+  state.remote = present;
+  heartbeat.start();
+  session.publisher?.resume();
+  refreshRemote();
+  render();
+}
+
+/** `resume` was refused (or the window ended): join again as a new participant. */
+function rejoin() {
+  clearTimeout(session.resumeTimer);
+  state.reconnecting = false;
+  end('connecting');
+  state.error = null;
+  join(state.room, session.token);
+}
+
 function onServerError(msg) {
   const code = String(msg.code ?? 'unknown');
+  if (code === 'resume_failed') {
+    console.warn(`resume refused: ${msg.message}; joining again`);
+    rejoin();
+    return;
+  }
   setError(code, String(msg.message ?? ''));
   if (PUBLISH_ERROR_CODES.has(code)) session.publisher?.failPending(code, String(msg.message ?? ''));
   if (FATAL_CODES.has(code) && (state.phase === 'joined' || state.phase === 'connecting')) {
@@ -331,7 +436,13 @@ function onServerError(msg) {
   render();
 }
 
-function onSocketClosed(event) {
+function onSocketClosed(client, event) {
+  if (client !== session.signaling) return; // a socket given up or replaced
+  if (state.phase === 'joined' && session.resumeToken) {
+    clearTimeout(session.resumeTimer);
+    startReconnecting();
+    return;
+  }
   if (state.phase !== 'joined' && state.phase !== 'connecting') return;
   if (session.socketOpened) setLabelledError('connection_closed', 'error.connectionClosed', { code: event.code });
   else setLabelledError('connection_failed', 'error.connection');
@@ -448,6 +559,11 @@ function leave() {
 /** Closes the connections and stops capture; the page stays in `phase`. */
 function end(phase) {
   state.phase = phase;
+  heartbeat.stop();
+  reconnector.stop();
+  clearTimeout(session.resumeTimer);
+  state.reconnecting = false;
+  session.resumeToken = null;
   session.monitor?.stop();
   session.subscriber?.close();
   session.publisher?.close();
@@ -504,8 +620,8 @@ function render() {
     disconnected: 'status.disconnected',
     failed: 'status.failed',
   }[state.phase];
-  els.status.textContent = t(statusKey, { room: state.room ?? '' });
-  els.status.dataset.phase = state.phase;
+  els.status.textContent = t(state.reconnecting ? 'status.reconnecting' : statusKey, { room: state.room ?? '' });
+  els.status.dataset.phase = state.reconnecting ? 'reconnecting' : state.phase;
 
   els.quality.dataset.quality = state.quality;
   els.qualityText.textContent = t(`quality.${state.quality}`);

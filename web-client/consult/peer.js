@@ -208,6 +208,7 @@ export class PublisherPeer {
   /** The `publish_offer` awaiting its answer: {resolve, reject}. */
   #pending = null;
   #wanted = false;
+  #iceRestart = false;
   #running = null;
   #send;
   #onRejected;
@@ -370,6 +371,20 @@ export class PublisherPeer {
     this.pc.close();
   }
 
+  /**
+   * After signaling resumed on a new socket: an offer that went unanswered with the old
+   * socket is sent again, and ICE restarts (a new offer with fresh credentials) unless the
+   * connection is still connected.
+   */
+  resume() {
+    const lost = this.#pending !== null;
+    if (this.pc.connectionState === 'connected' && !lost) return;
+    this.#iceRestart = this.pc.connectionState !== 'connected';
+    this.#wanted = true;
+    if (lost) this.#pending.reject(Object.assign(new Error('signaling resumed'), { code: 'resumed' }));
+    else this.negotiate();
+  }
+
   async #run() {
     try {
       while (this.#wanted && this.pc.signalingState !== 'closed') {
@@ -381,7 +396,8 @@ export class PublisherPeer {
           if (this.pc.signalingState === 'have-local-offer') {
             await this.pc.setLocalDescription({ type: 'rollback' }).catch((e) => console.warn('publisher: rollback failed', e));
           }
-          this.#onError(err);
+          // An offer lost with a resumed socket is simply made again (`#wanted` is set).
+          if (err.code !== 'resumed') this.#onError(err);
         }
       }
     } finally {
@@ -391,7 +407,9 @@ export class PublisherPeer {
 
   async #offerOnce() {
     this.#renewSimulcast();
-    await this.pc.setLocalDescription(await this.pc.createOffer());
+    const iceRestart = this.#iceRestart;
+    this.#iceRestart = false;
+    await this.pc.setLocalDescription(await this.pc.createOffer({ iceRestart }));
     const sdp = this.pc.localDescription.sdp;
     const sections = mediaSections(sdp);
     const tracks = [];

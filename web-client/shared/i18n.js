@@ -44,6 +44,7 @@ export const STRINGS = {
     'status.joined': 'In consult room “{room}”',
     'status.left': 'You left the consult.',
     'status.disconnected': 'Disconnected from the server.',
+    'status.reconnecting': 'Reconnecting…',
     'status.failed': 'Could not join the consult.',
 
     'quality.label': 'Connection:',
@@ -200,6 +201,7 @@ export const STRINGS = {
     'status.joined': '已进入会诊房间“{room}”',
     'status.left': '您已离开会诊。',
     'status.disconnected': '与服务器的连接已断开。',
+    'status.reconnecting': '正在重新连接…',
     'status.failed': '无法加入会诊。',
 
     'quality.label': '连接质量：',

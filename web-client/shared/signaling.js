@@ -77,9 +77,20 @@ export class SignalingClient {
     this.#ws.send(JSON.stringify({ type, ...fields }));
   }
 
-  /** Closes the socket (normal closure). */
+  /** Closes the socket (normal closure: the server removes the participant at once). */
   close() {
     this.#ws?.close(1000);
+  }
+
+  /**
+   * Gives the socket up (believed dead, or never opened): closes it with code 4000, which
+   * the server treats as a lost socket (the participant stays, suspended, and may resume
+   * on a new one). Its close is not reported to `onClose`.
+   */
+  abandon() {
+    this.#onClose = () => {};
+    this.#onMessage = () => {};
+    this.#ws?.close(4000);
   }
 
   #enqueue(task) {
