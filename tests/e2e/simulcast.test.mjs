@@ -24,7 +24,7 @@ before(async () => {
   assert.ok(clips, 'ffmpeg must be installed (scripts/test.sh installs it)');
   server = await startServer({ name: 'simulcast' });
   browser = await launchBrowser({ extraArgs: clips.chromiumArgs });
-  clinic = await openParticipant(browser, server, { room: ROOM, identity: 'clinic-sim', role: 'clinic' });
+  clinic = await openParticipant(browser, server, { room: ROOM, identity: 'clinic-sim', role: 'clinic', camera: '1280x720' });
   specialist = await openParticipant(browser, server, { room: ROOM, identity: 'specialist-sim', role: 'specialist' });
 }, { timeout: 90_000 });
 

@@ -1,5 +1,7 @@
 /**
- * The consult page: /consult/#room=ROOM&token=TOKEN joins automatically.
+ * The consult page: /consult/#room=ROOM&token=TOKEN joins automatically. Optional:
+ * `&relay=1` (reach the server only through TURN), `&camera=WxH` (camera size to ask for,
+ * default 1280x720).
  *
  * Test hooks (stable; the end-to-end tests drive the page with them):
  *
@@ -145,6 +147,8 @@ const session = {
   monitor: null,
   /** Use only the TURN relay (`#relay=1`). */
   relayOnly: false,
+  /** @type {{width: number, height: number} | undefined} the camera size to ask for */
+  camera: undefined,
   /** @type {{iceServers: RTCIceServer[], relayOnly: boolean}} ICE settings from `joined` */
   ice: { iceServers: [], relayOnly: false },
   /** The join token (from the page address), sent again with `resume`. */
@@ -265,6 +269,9 @@ function main() {
   // `relay=1`: reach the server only through the TURN relay (a firewall that allows
   // nothing else).
   session.relayOnly = params.get('relay') === '1';
+  // `camera=WxH`: the camera size to ask for (default 1280x720).
+  const camera = /^(\d{2,4})x(\d{2,4})$/.exec(params.get('camera') ?? '');
+  session.camera = camera ? { width: Number(camera[1]), height: Number(camera[2]) } : undefined;
   if (!room || !token) {
     setLabelledError('missing_parameters', 'error.missingParams');
     state.phase = 'failed';
@@ -451,7 +458,7 @@ function onSocketClosed(client, event) {
 
 /** Opens the camera and microphone and publishes them (not for observers). */
 async function startPublishing() {
-  const { stream, notice } = await openLocalMedia();
+  const { stream, notice } = await openLocalMedia(session.camera);
   if (state.phase !== 'joined') {
     stopTracks(stream);
     return;

@@ -2,20 +2,23 @@
  * Local capture: camera and microphone with fallbacks, and screen share.
  */
 
-/** The camera as a consult wants it: 720p where the camera has it (sent as simulcast). */
-const CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+/** The camera size a consult asks for unless told otherwise: 720p (sent as simulcast). */
+export const DEFAULT_CAMERA = { width: 1280, height: 720 };
 
 /**
- * Opens the camera and microphone, falling back to the microphone alone and then to no
- * media at all. Never rejects.
+ * Opens the camera (ideally at `size`, e.g. a smaller one for a slow clinic computer) and
+ * the microphone, falling back to the microphone alone and then to no media at all. Never
+ * rejects.
+ * @param {{width: number, height: number}} [size]
  * @returns {Promise<{stream: MediaStream, notice: string | null}>} `notice` is the i18n key
  *   of what the user should know about a fallback, or null.
  */
-export async function openLocalMedia() {
+export async function openLocalMedia(size = DEFAULT_CAMERA) {
+  const camera = { width: { ideal: size.width }, height: { ideal: size.height }, frameRate: { ideal: 30 } };
   const devices = navigator.mediaDevices;
   if (devices?.getUserMedia) {
     try {
-      return { stream: await devices.getUserMedia({ video: CAMERA, audio: true }), notice: null };
+      return { stream: await devices.getUserMedia({ video: camera, audio: true }), notice: null };
     } catch (err) {
       console.warn('camera+microphone unavailable:', err.name, err.message);
     }

@@ -48,16 +48,21 @@ export async function launchBrowser({ extraArgs = [], netns = null } = {}) {
 /** Open participants by identity (this process), so helpers can find a sender's page. */
 export const participants = new Map();
 
-export function consultUrl(server, room, token, { relayOnly = false } = {}) {
+/**
+ * The consult page's URL. `camera` is the size the page asks the (fake) camera for: tests
+ * default to 640x480 so that several publishing pages fit on two cores; a test that sends
+ * a 720p clip asks for 1280x720.
+ */
+export function consultUrl(server, room, token, { relayOnly = false, camera = '640x480' } = {}) {
   const relay = relayOnly ? '&relay=1' : '';
-  return `${server.url}/consult/#room=${encodeURIComponent(room)}&token=${encodeURIComponent(token)}${relay}`;
+  return `${server.url}/consult/#room=${encodeURIComponent(room)}&token=${encodeURIComponent(token)}${relay}&camera=${camera}`;
 }
 
 /**
  * Opens the consult page as a new participant in its own browser context.
  * Waits until medrelayState().joined (or an error, which throws unless `expectError`).
  */
-export async function openParticipant(browser, server, { room, identity, role, token, expectError = false, joinTimeout = 15_000, tag = server.name, relayOnly = false, initScript = null }) {
+export async function openParticipant(browser, server, { room, identity, role, token, expectError = false, joinTimeout = 15_000, tag = server.name, relayOnly = false, initScript = null, camera = undefined }) {
   const tok = token || (await server.token({ room, identity, role }));
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   // Diagnostics only: remember the page's peer connections so a failure message can say
@@ -131,7 +136,7 @@ export async function openParticipant(browser, server, { room, identity, role, t
       await context.close().catch(() => {});
     },
   };
-  await page.goto(consultUrl(server, room, tok, { relayOnly }), { waitUntil: 'load', timeout: 15_000 });
+  await page.goto(consultUrl(server, room, tok, { relayOnly, camera }), { waitUntil: 'load', timeout: 15_000 });
   const st = await waitFor(
     async () => {
       const s = await page.evaluate(() => (typeof window.medrelayState === 'function' ? window.medrelayState() : null));

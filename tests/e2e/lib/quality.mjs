@@ -235,7 +235,7 @@ export async function startImpairedConsult({ name, room = name, width = 1280, he
     const secure = `--unsafely-treat-insecure-origin-as-secure=${env.server.url}`;
     env.pubBrowser = await launchBrowser({ extraArgs: [...clips.chromiumArgs, secure] });
     env.subBrowser = await launchBrowser({ netns: env.link.ns, extraArgs: [...small.chromiumArgs, secure] });
-    env.clinic = await openParticipant(env.pubBrowser, env.server, { room, identity: clinicId, role: 'clinic' });
+    env.clinic = await openParticipant(env.pubBrowser, env.server, { room, identity: clinicId, role: 'clinic', camera: '1280x720' });
     env.specialist = await openParticipant(env.subBrowser, env.server, { room, identity: specialistId, role: 'specialist' });
   } catch (e) {
     await close().catch(() => {});
