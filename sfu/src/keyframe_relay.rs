@@ -1,14 +1,18 @@
-//! Lets a subscriber's keyframe requests reach the router.
+//! Inbound RTCP, closest to the wire: lets a subscriber's keyframe requests reach the
+//! router, and trims its NACKs.
 //!
 //! The `rtc` interceptor chain ends inbound RTCP at its terminus unless a packet is marked
-//! [`Attribute::DeliverToApplication`]. This interceptor sits closest to the wire and marks
-//! exactly the compound packets that carry a PLI or FIR; receiver reports and NACKs stay with
-//! the chain (the NACK responder answers from its cache). The router relays what it sees to
-//! the publisher, throttled.
+//! [`Attribute::DeliverToApplication`]. This interceptor marks exactly the compound packets
+//! that carry a PLI or FIR; receiver reports and NACKs stay with the chain (the NACK
+//! responder answers from its cache). The router relays what it sees to the publisher,
+//! throttled. On a subscriber connection it first trims each NACK to what its
+//! [`NackBudget`] allows.
 
+use crate::nack_limit::NackBudget;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
@@ -17,11 +21,23 @@ use std::time::Instant;
 /// Where the marker sits in the chain: before every named slot.
 pub(crate) const SLOT: usize = 500;
 
-/// Marks inbound RTCP carrying PLI/FIR for delivery to the application.
+/// Marks inbound RTCP carrying PLI/FIR for delivery to the application; trims NACKs when
+/// it has a budget.
 #[derive(Default)]
 pub(crate) struct KeyframeRequestMarker {
+    nacks: Option<NackBudget>,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
+}
+
+impl KeyframeRequestMarker {
+    /// A marker that also trims NACKs to `budget` (a subscriber connection).
+    pub(crate) fn with_nack_budget(budget: NackBudget) -> Self {
+        Self {
+            nacks: Some(budget),
+            ..Self::default()
+        }
+    }
 }
 
 fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
@@ -37,6 +53,20 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestMarker {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
+        if let (Some(budget), Packet::Rtcp(packets)) = (&mut self.nacks, &mut msg.message.packet) {
+            let now = msg.now;
+            *packets = std::mem::take(packets)
+                .into_iter()
+                .filter_map(
+                    |packet| match packet.as_any().downcast_ref::<TransportLayerNack>() {
+                        Some(nack) => budget
+                            .trim(now, nack)
+                            .map(|t| Box::new(t) as Box<dyn rtc::rtcp::Packet>),
+                        None => Some(packet),
+                    },
+                )
+                .collect();
+        }
         if let Packet::Rtcp(packets) = &msg.message.packet
             && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
             && !msg.message.has(&Attribute::DeliverToApplication)

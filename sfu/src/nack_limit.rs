@@ -3,24 +3,19 @@
 //! The `rtc` NACK responder resends every packet a NACK names, every time. On a congested
 //! link the retransmissions add to the congestion, more packets are lost, and the receiver
 //! asks again for all of them each round trip: retransmissions then outgrow the media many
-//! times over and starve everything else on the link (signaling included). This interceptor
-//! sits closest to the wire and trims each inbound NACK before the responder sees it: a
-//! packet is resent at most [`MAX_RESENDS`] times and not again within
-//! [`MIN_RESEND_INTERVAL`], and all resends together stay within a share of the
-//! subscriber's bandwidth estimate.
+//! times over and starve everything else on the link (signaling included). A [`NackBudget`]
+//! trims each inbound NACK before the responder sees it (the inbound-RTCP interceptor in
+//! [`keyframe_relay`](crate::keyframe_relay) applies it): a packet is resent at most
+//! [`MAX_RESENDS`] times and not again within [`MIN_RESEND_INTERVAL`], and all resends
+//! together stay within a share of the subscriber's bandwidth estimate.
 
 use crate::bandwidth::Estimate;
-use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     TransportLayerNack, nack_pairs_from_sequence_numbers,
 };
-use rtc::sansio::Protocol;
-use rtc::shared::error::Error;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Where the limiter sits in the chain: before every named slot.
-pub(crate) const SLOT: usize = 501;
 /// Resends of one packet at most.
 pub const MAX_RESENDS: u8 = 3;
 /// One packet is not resent again sooner than this.
@@ -32,8 +27,8 @@ const RESEND_PACKET_BITS: f64 = 1200.0 * 8.0;
 /// Requests remembered per stream (older ones are forgotten).
 const REMEMBERED: usize = 2048;
 
-/// Trims inbound NACKs (see the [module docs](self)).
-pub(crate) struct NackLimiter {
+/// What a subscriber's NACKs may still ask for (see the [module docs](self)).
+pub(crate) struct NackBudget {
     estimate: Estimate,
     /// (media SSRC, sequence number) → (resends so far, last resend).
     resent: HashMap<(u32, u16), (u8, Instant)>,
@@ -41,11 +36,9 @@ pub(crate) struct NackLimiter {
     /// Resends the budget allows now (a token bucket), and when it was last filled.
     tokens: f64,
     filled: Option<Instant>,
-    reads: VecDeque<TaggedPacket>,
-    writes: VecDeque<TaggedPacket>,
 }
 
-impl NackLimiter {
+impl NackBudget {
     pub(crate) fn new(estimate: Estimate) -> Self {
         Self {
             estimate,
@@ -53,9 +46,21 @@ impl NackLimiter {
             order: VecDeque::new(),
             tokens: 0.0,
             filled: None,
-            reads: VecDeque::new(),
-            writes: VecDeque::new(),
         }
+    }
+
+    /// `nack` reduced to what may be resent now (noted as resent), or `None` for nothing.
+    pub(crate) fn trim(
+        &mut self,
+        now: Instant,
+        nack: &TransportLayerNack,
+    ) -> Option<TransportLayerNack> {
+        let allowed = self.allow(now, nack);
+        (!allowed.is_empty()).then(|| TransportLayerNack {
+            sender_ssrc: nack.sender_ssrc,
+            media_ssrc: nack.media_ssrc,
+            nacks: nack_pairs_from_sequence_numbers(&allowed),
+        })
     }
 
     /// The sequence numbers of `nack` that may be resent now, noting them as resent.
@@ -94,58 +99,6 @@ impl NackLimiter {
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for NackLimiter {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
-        let now = msg.now;
-        if let Packet::Rtcp(packets) = &mut msg.message.packet {
-            let mut kept = Vec::with_capacity(packets.len());
-            for packet in packets.drain(..) {
-                let Some(nack) = packet.as_any().downcast_ref::<TransportLayerNack>() else {
-                    kept.push(packet);
-                    continue;
-                };
-                let allowed = self.allow(now, nack);
-                if !allowed.is_empty() {
-                    kept.push(Box::new(TransportLayerNack {
-                        sender_ssrc: nack.sender_ssrc,
-                        media_ssrc: nack.media_ssrc,
-                        nacks: nack_pairs_from_sequence_numbers(&allowed),
-                    }));
-                }
-            }
-            *packets = kept;
-        }
-        self.reads.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.reads.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Error> {
-        self.writes.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.writes.pop_front()
-    }
-}
-
-impl Interceptor for NackLimiter {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +114,7 @@ mod tests {
     #[test]
     fn a_packet_is_resent_a_few_times_and_not_in_quick_succession() {
         let t0 = Instant::now();
-        let mut limiter = NackLimiter::new(Estimate::new());
+        let mut limiter = NackBudget::new(Estimate::new());
         let t = t0;
         assert_eq!(limiter.allow(t, &nack(&[10, 11])), vec![10, 11]);
         assert!(
@@ -181,7 +134,7 @@ mod tests {
     #[test]
     fn resends_stay_within_a_share_of_the_estimate() {
         let t0 = Instant::now();
-        let mut limiter = NackLimiter::new(Estimate::new());
+        let mut limiter = NackBudget::new(Estimate::new());
         let mut total = 0;
         // Ten seconds of NACKs for 100 new packets every 100 ms.
         for i in 0..100u16 {

@@ -8,7 +8,7 @@
 use crate::SfuError;
 use crate::bandwidth::Estimate;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
-use crate::nack_limit::{self, NackLimiter};
+use crate::nack_limit::NackBudget;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{CongestionControlBuilder, Registry, Slot, TwccSenderBuilder};
@@ -35,10 +35,14 @@ pub(crate) fn build(
 ) -> Result<RTCPeerConnection, SfuError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-        Slot::from(keyframe_relay::SLOT),
-        KeyframeRequestMarker::default(),
-    );
+    let marker = match estimate {
+        Some(estimate) => {
+            KeyframeRequestMarker::with_nack_budget(NackBudget::new(estimate.clone()))
+        }
+        None => KeyframeRequestMarker::default(),
+    };
+    let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+        .with(Slot::from(keyframe_relay::SLOT), marker);
     if let Some(estimate) = estimate {
         // Transport-wide sequence numbers on what we send, and GCC on the feedback. No pacer:
         // forwarded packets arrive paced by their publisher, and layer selection keeps the
@@ -48,11 +52,7 @@ pub(crate) fn build(
                 Slot::CongestionControl,
                 CongestionControlBuilder::new(estimate.estimator()).build(),
             )
-            .with(Slot::TwccSender, TwccSenderBuilder::new().build())
-            .with(
-                Slot::from(nack_limit::SLOT),
-                NackLimiter::new(estimate.clone()),
-            );
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build());
         media_engine.register_feedback(
             RTCPFeedback {
                 typ: TYPE_RTCP_FB_GOOG_REMB.to_owned(),
