@@ -1632,7 +1632,13 @@ impl Router {
                     .zip(nominal)
                     .zip(heights)
                     .map(|((l, nominal), height)| LayerView {
-                        bitrate_bps: l.meter.bitrate_bps().unwrap_or(nominal),
+                        // A simulcast layer may burst to its ceiling at any time: it is
+                        // costed at no less than that.
+                        bitrate_bps: l
+                            .meter
+                            .bitrate_bps()
+                            .unwrap_or(nominal)
+                            .max(l.rid.as_deref().and_then(layer_ceiling).unwrap_or(0)),
                         height,
                         available: l.available(now),
                     })
@@ -1978,6 +1984,16 @@ fn nominal_bitrates(kind: TrackKind, layers: usize) -> Vec<u64> {
             // 150 kbit/s for the lowest, tripling upwards (the usual 180p/360p/720p ladder).
             (0..layers as u32).map(|i| 150_000 * 3u64.pow(i)).collect()
         }
+    }
+}
+
+/// The most the consult page lets a simulcast layer send (its `maxBitrate`), by `rid`.
+fn layer_ceiling(rid: &str) -> Option<u64> {
+    match rid {
+        "q" => Some(150_000),
+        "h" => Some(500_000),
+        "f" => Some(1_500_000),
+        _ => None,
     }
 }
 

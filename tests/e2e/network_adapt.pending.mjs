@@ -5,8 +5,10 @@
 // specialist to the low simulcast layer. Phase 3: limit lifted: the layer and the received
 // size go back up within 30 s. Samples (lib/quality.mjs) go to the artefacts as JSON.
 //
-// The layer assertions need server-side simulcast and `quality` messages (being built on
-// main); until then they fail, the flow assertions do not depend on them.
+// PENDING (not in the README command; `E2E_PENDING=1 bash tests/e2e/run.sh … network_adapt`):
+// the server does move the specialist to the low layer and back up, but its bandwidth
+// estimate reacts 7 to 22 s after the limit starts (the issue asks for 2 s), so video stalls
+// in phase 2, and a clean phase 1 sometimes has a one-second stall. See the issue note.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
