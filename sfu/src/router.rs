@@ -1871,11 +1871,18 @@ impl Router {
             Choice::Paused(_) => None,
         };
         let mut layers: Vec<usize> = match for_subscriber {
+            // A subscriber without a picture yet takes the first keyframe of any layer.
             Some(id) => track
                 .subscriptions
                 .iter()
                 .filter(|s| s.subscriber == id)
-                .filter_map(|s| s.current.or(layer_of(s.target)))
+                .flat_map(|s| match (s.current, layer_of(s.target)) {
+                    (Some(l), _) => vec![l],
+                    (None, Some(_)) => (0..track.layers.len())
+                        .filter(|&l| track.layers[l].flowing(now))
+                        .collect(),
+                    (None, None) => Vec::new(),
+                })
                 .collect(),
             None => track
                 .subscriptions
@@ -1924,8 +1931,8 @@ enum Throttle {
 /// Moves a forwarding state (`current` layer) towards `target` as a packet of `layer`
 /// passes, and says whether that packet is to be forwarded: a different target is switched
 /// to at a switch point (a keyframe) of its layer, restarting the rewriter's source mapping.
-/// A state that forwards nothing yet starts at the first switch point of any layer up to the
-/// target, so the first picture comes as soon as possible; it moves on to the target later.
+/// A state that forwards nothing yet starts at the first switch point of any layer, so the
+/// first picture comes as soon as possible; it moves on to the target later.
 fn follow(
     current: &mut Option<usize>,
     target: Option<usize>,
@@ -1940,7 +1947,7 @@ fn follow(
         }
         return false;
     }
-    let start = current.is_none() && target.is_some_and(|t| layer <= t);
+    let start = current.is_none();
     if switch_point && *current != Some(layer) && (target == Some(layer) || start) {
         if current.is_some() {
             rewriter.reset_source();

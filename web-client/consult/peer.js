@@ -203,6 +203,10 @@ export class PublisherPeer {
   #sources = new Map();
   /** The stream of each simulcast transceiver, to send it afresh when renegotiating. */
   #streams = new Map();
+  /** The simulcast layers the server last asked for, by source (`layers_wanted`). */
+  #wantedLayers = new Map();
+  /** The running application of `#wantedLayers`, if any. */
+  #applyingLayers = null;
   /** The announced `track_id` of every source published by the last accepted offer. */
   #published = new Map();
   /** The `publish_offer` awaiting its answer: {resolve, reject}. */
@@ -279,24 +283,41 @@ export class PublisherPeer {
    * @param {string} trackId
    * @param {string[]} rids
    */
-  async setLayers(trackId, rids) {
+  setLayers(trackId, rids) {
     // `trackId` is the one announced in `publish_offer` (its m-line's a=msid), per source.
     const source = [...this.#published].find(([, id]) => id === trackId)?.[0];
-    const transceiver = [...this.#sources].find(([, src]) => src === source)?.[0];
-    if (!source || !transceiver) return;
-    const params = transceiver.sender.getParameters();
-    if (!params.encodings?.length) return;
-    let changed = false;
-    for (const encoding of params.encodings) {
-      const active = rids.includes(encoding.rid);
-      if (encoding.rid && encoding.active !== active) {
-        encoding.active = active;
-        changed = true;
+    if (!source) return Promise.resolve();
+    this.#wantedLayers.set(source, rids);
+    // One setParameters at a time (a second one while the first is pending is refused),
+    // always applying the latest wish; a refused one is tried again.
+    this.#applyingLayers ??= (async () => {
+      try {
+        for (let attempt = 0; attempt < 10 && this.#layersDiffer(); attempt++) {
+          for (const [src, wanted] of this.#wantedLayers) {
+            const transceiver = [...this.#sources].find(([, s]) => s === src)?.[0];
+            const params = transceiver?.sender.getParameters();
+            if (!params?.encodings?.length) continue;
+            for (const encoding of params.encodings) {
+              if (encoding.rid) encoding.active = wanted.includes(encoding.rid);
+            }
+            await transceiver.sender.setParameters(params).catch((err) => console.warn('publisher: pausing layers failed', err));
+          }
+        }
+      } finally {
+        this.#applyingLayers = null;
       }
+    })();
+    return this.#applyingLayers;
+  }
+
+  /** Whether some simulcast sender's active layers differ from the server's last wish. */
+  #layersDiffer() {
+    for (const [src, wanted] of this.#wantedLayers) {
+      const transceiver = [...this.#sources].find(([, s]) => s === src)?.[0];
+      const encodings = transceiver?.sender.getParameters().encodings ?? [];
+      if (encodings.some((e) => e.rid && e.active !== wanted.includes(e.rid))) return true;
     }
-    if (changed) {
-      await transceiver.sender.setParameters(params).catch((err) => console.warn('publisher: pausing layers failed', err));
-    }
+    return false;
   }
 
   /**
