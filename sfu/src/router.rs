@@ -1624,21 +1624,13 @@ impl Router {
             .iter()
             .map(|k| {
                 let track = &self.tracks[k];
-                let nominal = nominal_bitrates(track.info.kind, track.layers.len());
                 let heights = layer_heights(&track.layers);
                 track
                     .layers
                     .iter()
-                    .zip(nominal)
                     .zip(heights)
-                    .map(|((l, nominal), height)| LayerView {
-                        // A simulcast layer may burst to its ceiling at any time: it is
-                        // costed at no less than that.
-                        bitrate_bps: l
-                            .meter
-                            .bitrate_bps()
-                            .unwrap_or(nominal)
-                            .max(l.rid.as_deref().and_then(layer_ceiling).unwrap_or(0)),
+                    .map(|(l, height)| LayerView {
+                        bitrate_bps: layer_cost(track.info.kind, l),
                         height,
                         available: l.available(now),
                     })
@@ -1983,15 +1975,20 @@ fn subscriber_estimate(p: &Participant) -> u64 {
     }
 }
 
-/// Bitrates assumed for layers not measured yet (lowest first).
-fn nominal_bitrates(kind: TrackKind, layers: usize) -> Vec<u64> {
-    match kind {
-        TrackKind::Audio => vec![40_000; layers],
-        TrackKind::Video => {
-            // 150 kbit/s for the lowest, tripling upwards (the usual 180p/360p/720p ladder).
-            (0..layers as u32).map(|i| 150_000 * 3u64.pow(i)).collect()
-        }
-    }
+/// What a layer costs against a subscriber's budget: its measured bitrate, and for a
+/// simulcast layer no less than its ceiling (it may burst to that at any time). A stream not
+/// measured yet counts as its ceiling, or a typical audio or video bitrate.
+fn layer_cost(kind: TrackKind, layer: &Layer) -> u64 {
+    let ceiling = layer.rid.as_deref().and_then(layer_ceiling);
+    let assumed = match kind {
+        TrackKind::Audio => 40_000,
+        TrackKind::Video => ceiling.unwrap_or(500_000),
+    };
+    layer
+        .meter
+        .bitrate_bps()
+        .unwrap_or(assumed)
+        .max(ceiling.unwrap_or(0))
 }
 
 /// The most the consult page lets a simulcast layer send (its `maxBitrate`), by `rid`.

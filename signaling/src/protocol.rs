@@ -44,13 +44,11 @@ pub enum ClientMessage {
         /// Whether the room is to be recorded.
         on: bool,
     },
-    /// The size at which the client shows a received video (its tile), so that it is sent
-    /// no larger than that; `0 x 0` when it is not shown.
+    /// The height at which the client shows a received video (its tile), so that it is sent
+    /// no taller than that; `0` when it is not shown.
     TrackSettings {
         /// The track id as in `subscribe_offer`.
         track_id: String,
-        /// Shown width in device pixels.
-        width: u32,
         /// Shown height in device pixels.
         height: u32,
     },
@@ -467,13 +465,10 @@ mod tests {
     #[test]
     fn quality_messages_parse_and_serialize() {
         assert_eq!(
-            parse_client_message(
-                r#"{"type":"track_settings","track_id":"p1-t","width":640,"height":360}"#
-            )
-            .unwrap(),
+            parse_client_message(r#"{"type":"track_settings","track_id":"p1-t","height":360}"#)
+                .unwrap(),
             ClientMessage::TrackSettings {
                 track_id: "p1-t".into(),
-                width: 640,
                 height: 360
             }
         );
@@ -482,7 +477,7 @@ mod tests {
             ClientMessage::Pin { track_id: None }
         );
         assert_eq!(
-            code(r#"{"type":"track_settings","track_id":"t","width":-1,"height":1}"#),
+            code(r#"{"type":"track_settings","track_id":"t","height":-1}"#),
             ErrorCode::InvalidJson
         );
         let quality = ServerMessage::Quality {

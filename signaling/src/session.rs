@@ -328,11 +328,7 @@ async fn handle(
                 .map_err(|e| ProtocolError::new(ErrorCode::RecordingUnavailable, e.to_string()))?;
             Ok(Next::Continue)
         }
-        ClientMessage::TrackSettings {
-            track_id,
-            width: _,
-            height,
-        } => {
+        ClientMessage::TrackSettings { track_id, height } => {
             media(state.sfu.set_shown_height(me.id, track_id, height).await)?;
             Ok(Next::Continue)
         }

@@ -134,7 +134,7 @@ test('pinning a tile reaches the server; unknown tracks get a typed error', { ti
   const raw = await RawClient.connect(server.wsUrl);
   try {
     await raw.join(await server.token({ room: ROOM, identity: 'observer-sim', role: 'observer' }), ROOM);
-    raw.send({ type: 'track_settings', track_id: 'no-such-track', width: 10, height: 10 });
+    raw.send({ type: 'track_settings', track_id: 'no-such-track', height: 10 });
     await raw.nextError('unknown_track');
     raw.send({ type: 'pin', track_id: 'no-such-track' });
     await raw.nextError('unknown_track');

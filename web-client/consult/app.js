@@ -197,8 +197,8 @@ const tiles = new TileGrid($('tiles'), {
   onPin: (trackId) => {
     if (state.phase === 'joined') session.signaling.send('pin', { track_id: trackId });
   },
-  onShownSize: (trackId, width, height) => {
-    if (state.phase === 'joined') session.signaling.send('track_settings', { track_id: trackId, width, height });
+  onShownHeight: (trackId, height) => {
+    if (state.phase === 'joined') session.signaling.send('track_settings', { track_id: trackId, height });
   },
   onAudioBlocked: () => {
     state.audioBlocked = true;

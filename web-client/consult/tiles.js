@@ -189,7 +189,7 @@ export class TileGrid {
   #container;
   #onAudioBlocked;
   #onPin;
-  #onShownSize;
+  #onShownHeight;
   /** track id → last height reported, so only changes are sent. */
   #reported = new Map();
   #pinned = null;
@@ -204,15 +204,15 @@ export class TileGrid {
   /**
    * @param {HTMLElement} container
    * @param {{onAudioBlocked: () => void, onPin: (trackId: string | null) => void,
-   *   onShownSize: (trackId: string, width: number, height: number) => void}} handlers
-   *   `onPin`: the user pinned a track (or unpinned with null); `onShownSize`: a received
-   *   video is now shown at this size in device pixels (0 x 0: not shown).
+   *   onShownHeight: (trackId: string, height: number) => void}} handlers
+   *   `onPin`: the user pinned a track (or unpinned with null); `onShownHeight`: a received
+   *   video is now shown this many device pixels high (0: not shown).
    */
-  constructor(container, { onAudioBlocked, onPin, onShownSize }) {
+  constructor(container, { onAudioBlocked, onPin, onShownHeight }) {
     this.#container = container;
     this.#onAudioBlocked = onAudioBlocked;
     this.#onPin = onPin;
-    this.#onShownSize = onShownSize;
+    this.#onShownHeight = onShownHeight;
   }
 
   /** Tiles that show a received video. */
@@ -236,15 +236,13 @@ export class TileGrid {
     this.#onPin(this.#pinned);
   }
 
-  /** Sends the shown size of every received video whose size changed. */
+  /** Sends the shown height of every received video whose height changed. */
   #reportSizes() {
     for (const tile of this.#videoTiles()) {
       const height = tile.shownHeight();
       if (this.#reported.get(tile.videoTrackId) === height) continue;
       this.#reported.set(tile.videoTrackId, height);
-      const ratio = window.devicePixelRatio || 1;
-      const width = height ? Math.round(tile.el.getBoundingClientRect().width * ratio) : 0;
-      this.#onShownSize(tile.videoTrackId, width, height);
+      this.#onShownHeight(tile.videoTrackId, height);
     }
   }
 
