@@ -6,11 +6,20 @@
 //! The estimator lives inside the connection's interceptor chain, so it publishes its target
 //! into an [`Estimate`] the router reads when it allocates layers. A subscriber that offers
 //! only REMB (`goog-remb`) has its REMB value used instead.
+//!
+//! GCC alone reacts slowly when the estimate is far above what is sent (the router sends
+//! only the layers it chose, so the estimate is rarely tested): its loss half steps down from
+//! the top a few per cent at a time, and a full tail-drop queue stops its delay half from
+//! seeing a slope (measured on a 500 kbit/s link: 3.5 to 22 s to come down). The estimate
+//! is therefore GCC's delay half capped by a [`DeliveryBound`]: on a standing queue or heavy
+//! loss it drops at once to a little under the rate that actually arrives, and climbs back
+//! slowly, more slowly still just above the capacity it last saw.
 
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The highest estimate, in bits per second.
 pub const MAX_BPS: u64 = 10_000_000;
@@ -55,20 +64,23 @@ impl Estimate {
     pub(crate) fn estimator(&self) -> SharedGcc {
         SharedGcc {
             gcc: Gcc::new(INITIAL_BPS as f64, MIN_BPS as f64, MAX_BPS as f64),
+            bound: DeliveryBound::default(),
             estimate: self.clone(),
         }
     }
 }
 
-/// Google Congestion Control publishing its target into an [`Estimate`].
+/// Google Congestion Control, capped by a [`DeliveryBound`], publishing its target into an
+/// [`Estimate`].
 pub(crate) struct SharedGcc {
     gcc: Gcc,
+    bound: DeliveryBound,
     estimate: Estimate,
 }
 
 impl SharedGcc {
     fn publish(&self) {
-        let bps = self.gcc.target_bitrate().max(0.0) as u64;
+        let bps = self.target_bitrate().max(0.0) as u64;
         self.estimate.0.bps.store(bps, Ordering::Relaxed);
     }
 }
@@ -77,13 +89,31 @@ impl BandwidthEstimator for SharedGcc {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.gcc.on_reports(now, reports);
         if !reports.is_empty() {
+            let current = self.target_bitrate();
+            if self.bound.on_reports(now, reports, current) {
+                tracing::debug!(
+                    bound = self.bound.bps().map(|b| b as u64),
+                    capacity = self.bound.capacity as u64,
+                    delay_based = self.gcc.delay_based_bitrate() as u64,
+                    "estimate cut to the delivered rate"
+                );
+            }
             self.estimate.0.fed.store(true, Ordering::Relaxed);
         }
         self.publish();
     }
 
+    /// GCC's delay-based half, capped by the delivery bound. GCC's loss half is left out:
+    /// it steps down from wherever the estimate stood (the top, for a subscriber that never
+    /// filled its path) for as long as loss stays high, which after a full queue is seconds
+    /// more than the path needs, and then holds that low rate for as long as a radio link
+    /// loses a few per cent. The bound reacts to heavy loss from the delivered rate instead.
     fn target_bitrate(&self) -> f64 {
-        self.gcc.target_bitrate()
+        let delay = self.gcc.delay_based_bitrate();
+        self.bound
+            .bps()
+            .map_or(delay, |bound| delay.min(bound))
+            .clamp(MIN_BPS as f64, MAX_BPS as f64)
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -97,5 +127,390 @@ impl BandwidthEstimator for SharedGcc {
 
     fn stats(&self) -> EstimatorStats {
         self.gcc.stats()
+    }
+}
+
+/// A queue standing longer than this, above the path's smallest delay, is congestion.
+const QUEUE_DELAY: Duration = Duration::from_millis(80);
+/// How long the queue must stand: a keyframe's burst queues briefly and drains.
+const QUEUE_STANDING: Duration = Duration::from_millis(300);
+/// A queue whose delay fell by this much since the last batch is draining, not standing.
+const DRAINING: Duration = Duration::from_millis(20);
+/// Loss above this share of the last second's packets is congestion: a link sent a third
+/// more than it carries drops that much from its full queue. Smaller overloads show as a
+/// standing queue first. The share is high because a radio link loses a few per cent
+/// without being full, and because a lost feedback packet reports every packet it covered
+/// as lost (the `rtc` crate counts what no feedback named as lost).
+const HEAVY_LOSS: f64 = 0.25;
+/// Packets the loss share needs before it means anything.
+const LOSS_MIN_PACKETS: usize = 40;
+/// The window the loss share is measured over (by departure).
+const LOSS_WINDOW: Duration = Duration::from_secs(1);
+/// The window the delivered rate is measured over (by arrival): short, so that when a queue
+/// has stood for [`QUEUE_STANDING`] it holds mostly packets that left the full bottleneck.
+const RATE_WINDOW: Duration = Duration::from_millis(500);
+/// The smallest span of arrivals the delivered rate is computed from.
+const MIN_RATE_SPAN: Duration = Duration::from_millis(250);
+/// How long the path's smallest delay is remembered.
+const BASE_DELAY_WINDOW: Duration = Duration::from_secs(10);
+/// On congestion the bound is set to this share of the delivered rate.
+const BACK_OFF: f64 = 0.85;
+/// After a cut the bound is not cut again for this long (the lower rate must take effect).
+const CUT_INTERVAL: Duration = Duration::from_millis(600);
+/// How fast the bound climbs below the capacity last seen, per second.
+const GROWTH: f64 = 0.08;
+/// How fast it climbs above that capacity, per second: any upgrade tried there is a guess.
+const GROWTH_ABOVE_CAPACITY: f64 = 0.01;
+/// Past this multiple of the capacity last seen, that capacity says nothing any more and
+/// the bound climbs at [`GROWTH`] again.
+const CAPACITY_FORGOTTEN: f64 = 1.5;
+
+/// A cap on the estimate from what the path delivers (sans-IO: feedback and time in, a
+/// bitrate out).
+///
+/// It watches two signs of a full path in transport-cc feedback: a queue that stands (the
+/// smallest one-way delay of a feedback batch stays [`QUEUE_DELAY`] above the smallest seen
+/// for [`QUEUE_STANDING`], without draining) and heavy loss (over [`HEAVY_LOSS`] of the
+/// last second's packets). Only packets sent since the last cut count, so one congestion is
+/// not cut for twice. On either it sets the bound to [`BACK_OFF`] times the rate that
+/// arrived over the last [`RATE_WINDOW`], and remembers that rate as the capacity. Without them it climbs by
+/// [`GROWTH`] a second, but by [`GROWTH_ABOVE_CAPACITY`] just above the capacity (up to
+/// [`CAPACITY_FORGOTTEN`] times it), where an upgrade would likely fill the path again.
+#[derive(Debug, Default)]
+pub(crate) struct DeliveryBound {
+    bound: Option<f64>,
+    capacity: f64,
+    /// Arrived packets by receiver time: (arrival, bytes).
+    arrivals: VecDeque<(Duration, usize)>,
+    /// Reported packets by send time: (departure, arrived).
+    fates: VecDeque<(Instant, bool)>,
+    /// The smallest one-way delay (receiver clock minus departure, an arbitrary offset) of
+    /// each batch, for the base delay over [`BASE_DELAY_WINDOW`].
+    batch_delays: VecDeque<(Instant, f64)>,
+    epoch: Option<Instant>,
+    queue_since: Option<Instant>,
+    last_cut: Option<Instant>,
+    last_growth: Option<Instant>,
+}
+
+impl DeliveryBound {
+    /// The cap, once congestion was seen.
+    pub(crate) fn bps(&self) -> Option<f64> {
+        self.bound
+    }
+
+    /// Folds in one feedback batch received at `now`; `current` is the estimate in force.
+    /// Returns whether the bound was cut.
+    pub(crate) fn on_reports(
+        &mut self,
+        now: Instant,
+        reports: &[PacketReport],
+        current: f64,
+    ) -> bool {
+        let Some(first) = reports.first() else {
+            return false;
+        };
+        // Departures are measured from the first one reported (reports come in send order).
+        let epoch = *self.epoch.get_or_insert(first.departure);
+        let mut batch_min: Option<f64> = None;
+        for r in reports {
+            // What was sent before the last cut shows the old rate's queue and loss.
+            let fresh = self.after_last_cut(r);
+            if fresh {
+                self.fates.push_back((r.departure, r.arrived));
+            }
+            let Some(arrival) = r.arrival.filter(|_| r.arrived) else {
+                continue;
+            };
+            self.arrivals.push_back((arrival, r.size));
+            if fresh {
+                let sent = r.departure.saturating_duration_since(epoch).as_secs_f64();
+                let delay = arrival.as_secs_f64() - sent;
+                batch_min = Some(batch_min.map_or(delay, |m: f64| m.min(delay)));
+            }
+        }
+        self.trim(now);
+        let previous = self.batch_delays.back().map(|(_, d)| *d);
+        let queued = batch_min.is_some_and(|delay| {
+            self.batch_delays.push_back((now, delay));
+            let base = self
+                .batch_delays
+                .iter()
+                .map(|(_, d)| *d)
+                .fold(f64::INFINITY, f64::min);
+            let draining = previous.is_some_and(|p| delay < p - DRAINING.as_secs_f64());
+            delay - base > QUEUE_DELAY.as_secs_f64() && !draining
+        });
+        if queued {
+            self.queue_since.get_or_insert(now);
+        } else if batch_min.is_some() {
+            self.queue_since = None;
+        }
+        let standing = self
+            .queue_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= QUEUE_STANDING);
+        let congested = standing || self.loss_share().is_some_and(|loss| loss > HEAVY_LOSS);
+        if congested {
+            let may_cut = self
+                .last_cut
+                .is_none_or(|t| now.saturating_duration_since(t) >= CUT_INTERVAL);
+            if let (true, Some(delivered)) = (may_cut, self.delivered_bps()) {
+                self.capacity = delivered;
+                self.bound = Some((BACK_OFF * delivered).min(current).max(MIN_BPS as f64));
+                self.last_cut = Some(now);
+                self.fates.clear();
+                self.queue_since = None;
+                if standing {
+                    // The delay measured from here on is the new base: a queue drains below
+                    // it as the lower rate takes effect, while a longer path (a handover, a
+                    // new route) would otherwise look like a queue that never drains.
+                    self.batch_delays.clear();
+                }
+                self.last_growth = Some(now);
+                return true;
+            }
+            self.last_growth = Some(now);
+        } else if self.queue_since.is_none() {
+            self.grow(now);
+        } else {
+            // A queue that may yet stand: hold.
+            self.last_growth = Some(now);
+        }
+        false
+    }
+
+    fn after_last_cut(&self, report: &PacketReport) -> bool {
+        self.last_cut.is_none_or(|cut| report.departure > cut)
+    }
+
+    fn grow(&mut self, now: Instant) {
+        let elapsed = self
+            .last_growth
+            .replace(now)
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        if let Some(bound) = self.bound {
+            let near_capacity =
+                (self.capacity..self.capacity * CAPACITY_FORGOTTEN).contains(&bound);
+            let rate = if near_capacity {
+                GROWTH_ABOVE_CAPACITY
+            } else {
+                GROWTH
+            };
+            let grown = bound * (1.0 + rate * elapsed);
+            self.bound = (grown < MAX_BPS as f64).then_some(grown);
+        }
+    }
+
+    fn trim(&mut self, now: Instant) {
+        if let Some(&(last, _)) = self.arrivals.back() {
+            while self
+                .arrivals
+                .front()
+                .is_some_and(|(a, _)| last.saturating_sub(*a) > RATE_WINDOW)
+            {
+                self.arrivals.pop_front();
+            }
+        }
+        if let Some(&(newest, _)) = self.fates.back() {
+            while self
+                .fates
+                .front()
+                .is_some_and(|(d, _)| newest.saturating_duration_since(*d) > LOSS_WINDOW)
+            {
+                self.fates.pop_front();
+            }
+        }
+        while self
+            .batch_delays
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > BASE_DELAY_WINDOW)
+        {
+            self.batch_delays.pop_front();
+        }
+    }
+
+    /// The share of the last second's reported packets that did not arrive.
+    fn loss_share(&self) -> Option<f64> {
+        let total = self.fates.len();
+        let lost = self.fates.iter().filter(|(_, arrived)| !arrived).count();
+        (total >= LOSS_MIN_PACKETS).then(|| lost as f64 / total as f64)
+    }
+
+    /// The rate that arrived over the last [`RATE_WINDOW`] of arrivals, in bits per second.
+    fn delivered_bps(&self) -> Option<f64> {
+        let (first, _) = *self.arrivals.front()?;
+        let (last, _) = *self.arrivals.back()?;
+        let span = last.saturating_sub(first);
+        if span < MIN_RATE_SPAN {
+            return None;
+        }
+        // The first packet's bytes arrived before the span began.
+        let bytes: usize = self.arrivals.iter().skip(1).map(|(_, size)| size).sum();
+        Some(bytes as f64 * 8.0 / span.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+
+    const PACKET: usize = 1200;
+
+    /// A bottleneck: a rate, a tail-drop queue of `queue` worth of sending, a one-way delay
+    /// each way, and every `lose_every`-th packet lost on the wire.
+    struct Link {
+        rate_bps: f64,
+        queue: Duration,
+        delay: Duration,
+        lose_every: Option<u64>,
+        busy_until: Instant,
+        sent: u64,
+    }
+
+    /// Drives a [`DeliveryBound`] with a sender, a [`Link`] and feedback every 100 ms.
+    struct Call {
+        epoch: Instant,
+        now: Instant,
+        link: Link,
+        bound: DeliveryBound,
+        in_flight: Vec<PacketReport>,
+        next_id: u64,
+        next_feedback: Instant,
+    }
+
+    impl Call {
+        fn new(rate_bps: f64, lose_every: Option<u64>) -> Self {
+            let epoch = Instant::now();
+            Self {
+                epoch,
+                now: epoch,
+                link: Link {
+                    rate_bps,
+                    queue: Duration::from_millis(500),
+                    delay: Duration::from_millis(150),
+                    lose_every,
+                    busy_until: epoch,
+                    sent: 0,
+                },
+                bound: DeliveryBound::default(),
+                in_flight: Vec::new(),
+                next_id: 0,
+                next_feedback: epoch,
+            }
+        }
+
+        fn send(&mut self, size: usize) {
+            let link = &mut self.link;
+            link.sent += 1;
+            let start = link.busy_until.max(self.now);
+            let dropped_in_queue = start.saturating_duration_since(self.now) > link.queue;
+            let lost_on_wire = link.lose_every.is_some_and(|n| link.sent.is_multiple_of(n));
+            let mut arrival = None;
+            if !dropped_in_queue {
+                let done = start + Duration::from_secs_f64(size as f64 * 8.0 / link.rate_bps);
+                link.busy_until = done;
+                if !lost_on_wire {
+                    arrival = Some(done + link.delay - self.epoch);
+                }
+            }
+            self.next_id += 1;
+            self.in_flight.push(PacketReport {
+                ssrc: 1,
+                id: self.next_id,
+                rtp_sequence_number: self.next_id as u16,
+                is_twcc: true,
+                twcc_sequence_number: self.next_id as u16,
+                size,
+                arrived: arrival.is_some(),
+                departure: self.now,
+                arrival,
+                ecn: Ecn::NotEct,
+            });
+        }
+
+        /// Runs for `span`, sending `bps` in packets of [`PACKET`] bytes, plus `burst` bytes
+        /// at the start (a keyframe). Feedback reports, every 100 ms, what reached the
+        /// receiver one link delay earlier (packets lost count once a later one arrived).
+        fn run(&mut self, span: Duration, bps: f64, burst: usize) {
+            for _ in 0..burst.div_ceil(PACKET) {
+                self.send(PACKET);
+            }
+            let gap = Duration::from_secs_f64(PACKET as f64 * 8.0 / bps);
+            let end = self.now + span;
+            let mut next_send = self.now;
+            while self.now < end {
+                if next_send <= self.now {
+                    self.send(PACKET);
+                    next_send += gap;
+                }
+                if self.next_feedback <= self.now {
+                    self.next_feedback += Duration::from_millis(100);
+                    self.feedback();
+                }
+                self.now += Duration::from_millis(1);
+            }
+        }
+
+        fn feedback(&mut self) {
+            let seen = self
+                .now
+                .saturating_duration_since(self.epoch + self.link.delay);
+            let Some(last_arrived) = self
+                .in_flight
+                .iter()
+                .rposition(|r| r.arrival.is_some_and(|a| a <= seen))
+            else {
+                return;
+            };
+            let reports: Vec<PacketReport> = self.in_flight.drain(..=last_arrived).collect();
+            let current = self.bound.bps().unwrap_or(MAX_BPS as f64);
+            self.bound.on_reports(self.now, &reports, current);
+        }
+    }
+
+    #[test]
+    fn a_full_link_is_found_within_a_second() {
+        let mut call = Call::new(500_000.0, Some(33));
+        call.run(Duration::from_secs(3), 200_000.0, 0);
+        assert_eq!(call.bound.bps(), None, "no congestion below the link rate");
+        call.run(Duration::from_millis(1000), 1_500_000.0, 0);
+        let bound = call.bound.bps().expect("a full link is congestion");
+        assert!((350_000.0..=500_000.0).contains(&bound), "{bound}");
+    }
+
+    #[test]
+    fn random_loss_and_keyframe_bursts_are_not_congestion() {
+        let mut call = Call::new(500_000.0, Some(33));
+        for _ in 0..10 {
+            call.run(Duration::from_secs(2), 300_000.0, 20_000);
+        }
+        assert_eq!(call.bound.bps(), None);
+    }
+
+    #[test]
+    fn after_a_cut_it_climbs_slowly_past_the_capacity() {
+        let mut call = Call::new(500_000.0, None);
+        // The sender wants 1.5 Mbit/s and keeps to the bound once there is one.
+        for _ in 0..50 {
+            let bps = call.bound.bps().unwrap_or(f64::INFINITY).min(1_500_000.0);
+            call.run(Duration::from_millis(100), bps, 0);
+        }
+        let cut = call.bound.bps().expect("cut");
+        // The limit is lifted; the sender keeps to the bound.
+        call.link.rate_bps = 10_000_000.0;
+        let mut at = Vec::new();
+        for _ in 0..20 {
+            let bps = call.bound.bps().expect("still bound");
+            call.run(Duration::from_secs(1), bps, 0);
+            at.push(call.bound.bps().unwrap_or(f64::INFINITY));
+        }
+        let capacity = call.bound.capacity;
+        assert!(
+            at[3] > capacity,
+            "back to the capacity within 4 s: {cut} → {at:?}"
+        );
+        assert!(at[8] < capacity * 1.25, "then slowly: {at:?}");
+        assert!(at[19] > capacity * 1.15, "but it goes on: {at:?}");
     }
 }

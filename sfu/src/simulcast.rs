@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 /// An upgrade must fit the budget with this headroom (the estimate wobbles; oscillating
 /// between two layers costs a keyframe each time).
 const UPGRADE_HEADROOM: f64 = 1.15;
+/// A subscriber keeps the layer it receives while that layer costs up to this much more
+/// than the budget leaves for it: congestion control cuts its estimate to a little under
+/// what arrived, which must not drop a layer that the path carries.
+const KEEP_TOLERANCE: f64 = 1.2;
 
 /// Why a subscriber receives no video of a track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,17 +164,13 @@ pub fn allocate(budget_bps: u64, demands: &[Demand<'_>]) -> Vec<Choice> {
 }
 
 /// What layer `l` costs against the budget: its bitrate, with headroom when it would be an
-/// upgrade on what the subscriber receives now.
+/// upgrade on what the subscriber receives now, and with tolerance when it is that layer.
 fn cost(d: &Demand<'_>, l: usize) -> f64 {
     let bitrate = d.layers[l].bitrate_bps as f64;
-    let upgrade = match d.current {
-        Some(Choice::Layer(now)) => l > now,
-        _ => true,
-    };
-    if upgrade {
-        bitrate * UPGRADE_HEADROOM
-    } else {
-        bitrate
+    match d.current {
+        Some(Choice::Layer(now)) if l == now => bitrate / KEEP_TOLERANCE,
+        Some(Choice::Layer(now)) if l < now => bitrate,
+        _ => bitrate * UPGRADE_HEADROOM,
     }
 }
 
@@ -466,6 +466,30 @@ mod tests {
         assert_eq!(at(Some(Choice::Layer(1))), Choice::Layer(1));
         assert_eq!(at(Some(Choice::Layer(0))), Choice::Layer(0));
         assert_eq!(at(None), Choice::Layer(0));
+    }
+
+    #[test]
+    fn a_layer_received_is_kept_a_little_over_the_budget() {
+        let cam = layers(&[150_000, 500_000, 1_500_000], &[180, 360, 720]);
+        let at = |budget, current| {
+            allocate(
+                budget,
+                &[Demand {
+                    current,
+                    ..video(&cam)
+                }],
+            )[0]
+        };
+        // A cut to 0.85 of what arrives keeps the layer that arrived.
+        assert_eq!(at(425_000, Some(Choice::Layer(1))), Choice::Layer(1));
+        assert_eq!(at(130_000, Some(Choice::Layer(0))), Choice::Layer(0));
+        // Further below, it goes down; and nobody new gets it that far over.
+        assert_eq!(at(400_000, Some(Choice::Layer(1))), Choice::Layer(0));
+        assert_eq!(
+            at(120_000, Some(Choice::Layer(0))),
+            Choice::Paused(PauseReason::Bandwidth)
+        );
+        assert_eq!(at(425_000, None), Choice::Layer(0));
     }
 
     #[test]

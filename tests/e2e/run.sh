@@ -65,13 +65,8 @@ echo "e2e: network interfaces: $(ip -o link show | awk -F': ' '{print $2}' | tr 
 
 # --- 3. node tests (headless Chromium + raw WebSocket) ----------------------------------------
 cd "$ROOT/tests/e2e"
-# *.pending.mjs: tests of features that do not pass yet (kept runnable, not in the suite's
-# count); E2E_PENDING=1 runs them too.
-files=(*.test.mjs)
-[[ ${E2E_PENDING:-} == 1 ]] && files+=(*.pending.mjs)
-for f in "${files[@]}"; do
+for f in *.test.mjs; do
   name=${f%.test.mjs}
-  name=${name%.pending.mjs}
   selected "$name" || continue
   echo
   echo "--- e2e (node): $f  [limit ${FILE_TIMEOUT}s] ---"

@@ -1,14 +1,10 @@
 // Consults on rural and cellular links (issue 6). The clinic publishes a 1280x720 camera from
 // this namespace; the specialist's browser sits behind an emulated link (lib/netns.mjs
 // makeEmulatedLink; this kernel has no netem). Phase 1: clean, 10 s. Phase 2: 500 kbit/s,
-// 3 % loss, 150 ms each way, 25 s: audio and video keep flowing and the server moves the
-// specialist to the low simulcast layer. Phase 3: limit lifted: the layer and the received
-// size go back up within 30 s. Samples (lib/quality.mjs) go to the artefacts as JSON.
-//
-// PENDING (not in the README command; `E2E_PENDING=1 bash tests/e2e/run.sh … network_adapt`):
-// the server does move the specialist to the low layer and back up, but its bandwidth
-// estimate reacts 7 to 22 s after the limit starts (the issue asks for 2 s), so video stalls
-// in phase 2, and a clean phase 1 sometimes has a one-second stall. See the issue note.
+// 3 % loss, 150 ms each way, 25 s: audio and video keep flowing, the server moves the
+// specialist to the low simulcast layer within 2 s, and from 4 s on every second has decoded
+// frames. Phase 3: limit lifted: the layer and the received size go back up. Samples
+// (lib/quality.mjs) go to the artefacts as JSON.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,12 +18,15 @@ const CLINIC = 'dr-clinic';
 const SHAPED = { rateKbit: 500, lossPct: 3, delayMs: 150 };
 const CLEAN_S = 10;
 const SHAPED_S = 25;
-// After the limit starts, before every second must show decoded frames. The issue asks for
-// the layer to drop within 2 s of congestion; the estimator measured here takes 5 to 9 s
-// (noted in the issue), so the stall before the drop is tolerated, then measured below.
-const SETTLE_S = 10;
+// After the limit starts, before every second must show decoded frames: the 2 s the issue
+// allows for the drop, the low layer's keyframe, and the sampler's 1 s steps.
+const SETTLE_S = 4;
+// The low layer must be reported within the issue's 2 s, seen through 1 s samples.
+const DOWN_WITHIN_S = 3;
 const WARM_UP_S = 5; // the call's first layer choices (tile size, estimate) before phase 1
-const UP_WITHIN_S = 30;
+// Without probing, the estimate climbs back slowly past the capacity it last saw (1 % a
+// second, so that an upgrade the path cannot carry is tried seldom): 24-26 s measured.
+const UP_WITHIN_S = 45;
 const MAX_CONCEALED = 0.15; // audio concealment while shaped (3 % loss, no retransmission)
 
 let consult;
@@ -112,6 +111,7 @@ test('phase 2: the server moved the specialist to the low layer [needs server si
   const low = sampler.between(phase.shaped.from, phase.shaped.to).find((x) => x.layer?.rid === 'q');
   phase.shaped.lowLayerAfterS = low ? (low.t - phase.shaped.from) / 1000 : null;
   console.log(`low layer ${phase.shaped.lowLayerAfterS} s after the limit started`);
+  assert.ok(low && phase.shaped.lowLayerAfterS <= DOWN_WITHIN_S, `the low layer was reported ${phase.shaped.lowLayerAfterS} s after the limit started (at most ${DOWN_WITHIN_S} s with 1 s samples)`);
 });
 
 test('phase 3, limit lifted: audio and video keep flowing; layer and size go back up [layer needs server simulcast]', { timeout: 90_000 }, async () => {
