@@ -94,11 +94,14 @@ test('a small tile gets the low layer and a large one a higher layer, switched w
   // A thumbnail: the remote video shown 120 px high.
   const thumb = await specialist.page.addStyleTag({ content: 'figure.tile--remote video { height: 120px !important; width: auto !important; }' });
   const small = await expectCamera((c) => c.quality?.rid === 'q' && c.video.frameHeight <= 180, 'the low layer (180p) for a small tile');
+  const switches = async () => metricValue(await metricsText(server), 'medrelay_layer_switches_total');
+  const before = await switches();
   await thumb.evaluate((el) => el.remove());
   const large = await expectCamera((c) => c.quality?.rid !== 'q' && c.video.frameHeight > 180, 'a higher layer for a large tile');
   assert.ok(large.video.frameHeight > small.video.frameHeight, safeJson({ small, large }));
-  const text = await metricsText(server);
-  assert.ok(metricValue(text, 'medrelay_layer_switches_total') >= 2, 'layer switches are counted');
+  // Whether the call started on `q` or moved there depends on which keyframe came first;
+  // the move from `q` up is a switch either way.
+  assert.ok((await switches()) > before, 'the switch up from q is counted');
 });
 
 test('a hidden tile pauses its video and the layers nobody watches stop at the publisher', { timeout: 90_000 }, async () => {
