@@ -90,8 +90,9 @@ impl BandwidthEstimator for SharedGcc {
         self.gcc.on_reports(now, reports);
         if !reports.is_empty() {
             let current = self.target_bitrate();
-            if self.bound.on_reports(now, reports, current) {
+            if let Some(cause) = self.bound.on_reports(now, reports, current) {
                 tracing::debug!(
+                    ?cause,
                     bound = self.bound.bps().map(|b| b as u64),
                     capacity = self.bound.capacity as u64,
                     delay_based = self.gcc.delay_based_bitrate() as u64,
@@ -136,6 +137,9 @@ const QUEUE_DELAY: Duration = Duration::from_millis(80);
 const QUEUE_STANDING: Duration = Duration::from_millis(300);
 /// A queue whose delay fell by this much since the last batch is draining, not standing.
 const DRAINING: Duration = Duration::from_millis(20);
+/// A standing queue is congestion only while the path delivers less than this share of
+/// what is sent.
+const SHORTFALL: f64 = 0.95;
 /// Loss above this share of the last second's packets is congestion: a link sent a third
 /// more than it carries drops that much from its full queue. Smaller overloads show as a
 /// standing queue first. The share is high because a radio link loses a few per cent
@@ -144,6 +148,8 @@ const DRAINING: Duration = Duration::from_millis(20);
 const HEAVY_LOSS: f64 = 0.25;
 /// Packets the loss share needs before it means anything.
 const LOSS_MIN_PACKETS: usize = 40;
+/// Packets a stream needs in the window for its own loss share to count.
+const LOSS_MIN_STREAM_PACKETS: usize = 10;
 /// The window the loss share is measured over (by departure).
 const LOSS_WINDOW: Duration = Duration::from_secs(1);
 /// The window the delivered rate is measured over (by arrival): short, so that when a queue
@@ -165,15 +171,35 @@ const GROWTH_ABOVE_CAPACITY: f64 = 0.01;
 /// the bound climbs at [`GROWTH`] again.
 const CAPACITY_FORGOTTEN: f64 = 1.5;
 
+/// One reported packet, as the loss share and the sent rate need it.
+#[derive(Debug, Clone, Copy)]
+struct Fate {
+    departure: Instant,
+    arrived: bool,
+    bytes: usize,
+    ssrc: u32,
+}
+
+/// Why a [`DeliveryBound`] was cut.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Congestion {
+    /// A queue stood on the path, this much above its smallest delay in the last batch,
+    /// while less arrived than was sent.
+    StandingQueue(Duration),
+    /// This share of the last second's packets was lost; `longest_run` lost in a row.
+    HeavyLoss { share: f64, longest_run: usize },
+}
+
 /// A cap on the estimate from what the path delivers (sans-IO: feedback and time in, a
 /// bitrate out).
 ///
 /// It watches two signs of a full path in transport-cc feedback: a queue that stands (the
 /// smallest one-way delay of a feedback batch stays [`QUEUE_DELAY`] above the smallest seen
-/// for [`QUEUE_STANDING`], without draining) and heavy loss (over [`HEAVY_LOSS`] of the
-/// last second's packets). Only packets sent since the last cut count, so one congestion is
-/// not cut for twice. On either it sets the bound to [`BACK_OFF`] times the rate that
-/// arrived over the last [`RATE_WINDOW`], and remembers that rate as the capacity. Without them it climbs by
+/// for [`QUEUE_STANDING`], without draining, and under [`SHORTFALL`] of what is sent
+/// arrives) and heavy loss (over [`HEAVY_LOSS`] of the last second's packets, in every
+/// stream). Only packets sent since the last cut count, so one congestion is not cut for
+/// twice. On either it sets the bound to [`BACK_OFF`] times the rate that arrived over the
+/// last [`RATE_WINDOW`], and remembers that rate as the capacity. Without them it climbs by
 /// [`GROWTH`] a second, but by [`GROWTH_ABOVE_CAPACITY`] just above the capacity (up to
 /// [`CAPACITY_FORGOTTEN`] times it), where an upgrade would likely fill the path again.
 #[derive(Debug, Default)]
@@ -182,13 +208,15 @@ pub(crate) struct DeliveryBound {
     capacity: f64,
     /// Arrived packets by receiver time: (arrival, bytes).
     arrivals: VecDeque<(Duration, usize)>,
-    /// Reported packets by send time: (departure, arrived).
-    fates: VecDeque<(Instant, bool)>,
+    /// Reported packets since the last cut, in send order.
+    fates: VecDeque<Fate>,
     /// The smallest one-way delay (receiver clock minus departure, an arbitrary offset) of
     /// each batch, for the base delay over [`BASE_DELAY_WINDOW`].
     batch_delays: VecDeque<(Instant, f64)>,
     epoch: Option<Instant>,
     queue_since: Option<Instant>,
+    /// The last batch's smallest delay above the base.
+    queue_delay: Duration,
     last_cut: Option<Instant>,
     last_growth: Option<Instant>,
 }
@@ -200,16 +228,14 @@ impl DeliveryBound {
     }
 
     /// Folds in one feedback batch received at `now`; `current` is the estimate in force.
-    /// Returns whether the bound was cut.
+    /// Returns why the bound was cut, if it was.
     pub(crate) fn on_reports(
         &mut self,
         now: Instant,
         reports: &[PacketReport],
         current: f64,
-    ) -> bool {
-        let Some(first) = reports.first() else {
-            return false;
-        };
+    ) -> Option<Congestion> {
+        let first = reports.first()?;
         // Departures are measured from the first one reported (reports come in send order).
         let epoch = *self.epoch.get_or_insert(first.departure);
         let mut batch_min: Option<f64> = None;
@@ -217,7 +243,12 @@ impl DeliveryBound {
             // What was sent before the last cut shows the old rate's queue and loss.
             let fresh = self.after_last_cut(r);
             if fresh {
-                self.fates.push_back((r.departure, r.arrived));
+                self.fates.push_back(Fate {
+                    departure: r.departure,
+                    arrived: r.arrived,
+                    bytes: r.size,
+                    ssrc: r.ssrc,
+                });
             }
             let Some(arrival) = r.arrival.filter(|_| r.arrived) else {
                 continue;
@@ -239,18 +270,32 @@ impl DeliveryBound {
                 .map(|(_, d)| *d)
                 .fold(f64::INFINITY, f64::min);
             let draining = previous.is_some_and(|p| delay < p - DRAINING.as_secs_f64());
-            delay - base > QUEUE_DELAY.as_secs_f64() && !draining
+            self.queue_delay = Duration::from_secs_f64((delay - base).max(0.0));
+            self.queue_delay > QUEUE_DELAY && !draining
         });
         if queued {
             self.queue_since.get_or_insert(now);
         } else if batch_min.is_some() {
             self.queue_since = None;
         }
+        // A queue that stands while the path delivers what is sent is a longer path or a
+        // stall of the receiver, not an overload: cutting would not drain it.
         let standing = self
             .queue_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= QUEUE_STANDING);
-        let congested = standing || self.loss_share().is_some_and(|loss| loss > HEAVY_LOSS);
-        if congested {
+            .is_some_and(|since| now.saturating_duration_since(since) >= QUEUE_STANDING)
+            && match (self.delivered_bps(), self.sent_bps()) {
+                (Some(delivered), Some(sent)) => delivered < SHORTFALL * sent,
+                _ => false,
+            };
+        let congestion = match self.loss_share() {
+            _ if standing => Some(Congestion::StandingQueue(self.queue_delay)),
+            Some(share) if share > HEAVY_LOSS => Some(Congestion::HeavyLoss {
+                share,
+                longest_run: self.longest_loss_run(),
+            }),
+            _ => None,
+        };
+        if let Some(congestion) = congestion {
             let may_cut = self
                 .last_cut
                 .is_none_or(|t| now.saturating_duration_since(t) >= CUT_INTERVAL);
@@ -267,7 +312,7 @@ impl DeliveryBound {
                     self.batch_delays.clear();
                 }
                 self.last_growth = Some(now);
-                return true;
+                return Some(congestion);
             }
             self.last_growth = Some(now);
         } else if self.queue_since.is_none() {
@@ -276,7 +321,7 @@ impl DeliveryBound {
             // A queue that may yet stand: hold.
             self.last_growth = Some(now);
         }
-        false
+        None
     }
 
     fn after_last_cut(&self, report: &PacketReport) -> bool {
@@ -311,11 +356,11 @@ impl DeliveryBound {
                 self.arrivals.pop_front();
             }
         }
-        if let Some(&(newest, _)) = self.fates.back() {
+        if let Some(newest) = self.fates.back().map(|f| f.departure) {
             while self
                 .fates
                 .front()
-                .is_some_and(|(d, _)| newest.saturating_duration_since(*d) > LOSS_WINDOW)
+                .is_some_and(|f| newest.saturating_duration_since(f.departure) > LOSS_WINDOW)
             {
                 self.fates.pop_front();
             }
@@ -330,10 +375,63 @@ impl DeliveryBound {
     }
 
     /// The share of the last second's reported packets that did not arrive.
+    ///
+    /// It is the lowest share among the streams with [`LOSS_MIN_STREAM_PACKETS`]: a full
+    /// queue drops from every stream alike, while a receiver that discards one stream's
+    /// packets before it reports them (seen from Chromium for a forwarded video) loses
+    /// only that one.
     fn loss_share(&self) -> Option<f64> {
-        let total = self.fates.len();
-        let lost = self.fates.iter().filter(|(_, arrived)| !arrived).count();
-        (total >= LOSS_MIN_PACKETS).then(|| lost as f64 / total as f64)
+        if self.fates.len() < LOSS_MIN_PACKETS {
+            return None;
+        }
+        let mut streams: Vec<(u32, usize, usize)> = Vec::new(); // (ssrc, lost, total)
+        for f in &self.fates {
+            let i = match streams.iter().position(|s| s.0 == f.ssrc) {
+                Some(i) => i,
+                None => {
+                    streams.push((f.ssrc, 0, 0));
+                    streams.len() - 1
+                }
+            };
+            streams[i].1 += usize::from(!f.arrived);
+            streams[i].2 += 1;
+        }
+        streams
+            .iter()
+            .filter(|(_, _, total)| *total >= LOSS_MIN_STREAM_PACKETS)
+            .map(|&(_, lost, total)| lost as f64 / total as f64)
+            .min_by(f64::total_cmp)
+    }
+
+    fn longest_loss_run(&self) -> usize {
+        let (mut run, mut longest) = (0, 0);
+        for f in &self.fates {
+            run = if f.arrived { 0 } else { run + 1 };
+            longest = longest.max(run);
+        }
+        longest
+    }
+
+    /// The rate sent over the last [`RATE_WINDOW`] of reported departures since the last
+    /// cut, in bits per second.
+    fn sent_bps(&self) -> Option<f64> {
+        let last = self.fates.back()?.departure;
+        let recent = self
+            .fates
+            .iter()
+            .filter(|f| last.saturating_duration_since(f.departure) <= RATE_WINDOW)
+            .map(|f| (f.departure, f.bytes));
+        let mut first = None;
+        let mut bytes = 0;
+        for (departure, size) in recent {
+            // The first packet's bytes left before the span began.
+            match first {
+                None => first = Some(departure),
+                Some(_) => bytes += size,
+            }
+        }
+        let span = last.saturating_duration_since(first?);
+        (span >= MIN_RATE_SPAN).then(|| bytes as f64 * 8.0 / span.as_secs_f64())
     }
 
     /// The rate that arrived over the last [`RATE_WINDOW`] of arrivals, in bits per second.

@@ -55,6 +55,10 @@ const LAYER_KEEP_AFTER_USE: Duration = Duration::from_secs(10);
 /// Video is paused for bandwidth only when its lowest layer has not fitted for this long (a
 /// moment's dip of the estimate is not worth a freeze and a keyframe).
 const PAUSE_AFTER: Duration = Duration::from_secs(2);
+/// How long nothing is forwarded on a subscription moving down for bandwidth, for the
+/// path's queue to drain before the new layer's keyframe (at most the 500 ms a browser's
+/// link may queue; the next allocation then asks for the keyframe).
+const DRAIN: Duration = Duration::from_millis(450);
 /// No upgrade for this long after a downgrade (the estimate needs time to settle).
 const UPGRADE_HOLD: Duration = Duration::from_secs(4);
 /// A subscriber's quality report is sent again when only its estimate moved, at most this
@@ -335,6 +339,11 @@ struct Subscription {
     last_downgrade: Option<Instant>,
     /// Since when the allocator has wanted to pause it for bandwidth.
     short_since: Option<Instant>,
+    /// Moving down for bandwidth: nothing is forwarded until then, so the queue on the
+    /// path drains before the new layer's keyframe is asked for (a keyframe sent into a full
+    /// queue is cut by its drops, and the picture stalls for seconds); after it, the old
+    /// layer is still not forwarded while that keyframe is awaited.
+    drain_until: Option<Instant>,
 }
 
 struct Negotiated {
@@ -1334,6 +1343,7 @@ impl Router {
             shown_height: None,
             last_downgrade: None,
             short_since: None,
+            drain_until: None,
         });
         self.downtracks
             .insert((subscriber, track.info.track_id.clone()), key.clone());
@@ -1514,6 +1524,9 @@ impl Router {
                 Choice::Layer(l) => Some(l),
                 Choice::Paused(_) => None,
             };
+            if sub.drain_until.is_some_and(|until| now < until) {
+                continue;
+            }
             let before = sub.current;
             if !follow(
                 &mut sub.current,
@@ -1529,6 +1542,11 @@ impl Router {
                 if before.is_some() {
                     self.stats.layer_switches += 1;
                 }
+            }
+            if sub.current == target {
+                sub.drain_until = None;
+            } else if sub.drain_until.is_some() {
+                continue;
             }
             let Some(pt) = negotiated.payload_type(packet.header.payload_type) else {
                 self.stats.dropped_packets += 1;
@@ -1656,6 +1674,16 @@ impl Router {
                 }
             })
             .collect();
+        // What the subscriber receives now costs more than its estimate: a downgrade now is
+        // for bandwidth, not for a smaller tile.
+        let over_budget = demands
+            .iter()
+            .filter_map(|d| match d.current {
+                Some(Choice::Layer(l)) => d.layers.get(l).map(|v| v.bitrate_bps),
+                _ => None,
+            })
+            .sum::<u64>()
+            > budget;
         let choices = simulcast::allocate(budget, &demands);
         let mut need_keyframe = Vec::new();
         let mut waiting = Vec::new();
@@ -1686,12 +1714,20 @@ impl Router {
             if choice != sub.target && !(upgrade && held && !visible_again) && !pause_held {
                 if rank(choice) < rank(sub.target) {
                     sub.last_downgrade = Some(now);
+                    // Only towards a layer that flows: one the publisher must start first
+                    // would leave the picture frozen for longer than the queue takes to drain.
+                    let flows = matches!(choice, Choice::Layer(l) if track.layers[l].flowing(now));
+                    sub.drain_until = (over_budget && flows).then_some(now + DRAIN);
+                } else {
+                    sub.drain_until = None;
                 }
                 debug!(%subscriber, track = %track.info.track_id, from = ?sub.target, to = ?choice, budget, "layer chosen");
                 sub.target = choice;
+                // While draining, the next allocation asks for it (as for any switch waited on).
                 if let Choice::Layer(l) = choice
                     && sub.current != Some(l)
                     && track.layers[l].flowing(now)
+                    && sub.drain_until.is_none()
                 {
                     need_keyframe.push(key.clone());
                 }
@@ -1700,6 +1736,7 @@ impl Router {
                 && sub.current != Some(l)
                 && track.info.kind == TrackKind::Video
                 && track.layers[l].flowing(now)
+                && sub.drain_until.is_none_or(|until| until <= now)
             {
                 // Still waiting for the keyframe to switch at: ask again (throttled).
                 waiting.push(key.clone());

@@ -31,6 +31,9 @@ const MAX_CONCEALED = 0.15; // audio concealment while shaped (3 % loss, no retr
 
 let consult;
 let sampler;
+// The clinic's view of the specialist's camera, whose uplink is shaped too: printed per
+// phase, for the record.
+let clinicSampler;
 const phase = {};
 
 before(async () => {
@@ -39,14 +42,19 @@ before(async () => {
   await expectMediaFrom(consult.specialist, CLINIC, { timeout: 30_000 });
   await sleep(WARM_UP_S * 1000);
   sampler = new QualitySampler(consult.specialist, CLINIC).start();
+  clinicSampler = new QualitySampler(consult.clinic, 'dr-specialist').start();
 }, { timeout: 120_000 });
 
 after(async () => {
   await sampler?.stop();
+  await clinicSampler?.stop();
+  for (const [name, p] of Object.entries(phase)) {
+    if (p.from && p.to) console.log(`clinic receiving the specialist, ${name}: ${describeSummary(summarize(clinicSampler.between(p.from, p.to)))}`);
+  }
   if (sampler) {
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     const linkStats = await consult?.link.stats().catch((e) => e.message);
-    fs.writeFileSync(path.join(ARTIFACTS, 'network_adapt.samples.json'), JSON.stringify({ phase, linkStats, ...sampler.toJSON() }, null, 1));
+    fs.writeFileSync(path.join(ARTIFACTS, 'network_adapt.samples.json'), JSON.stringify({ phase, linkStats, ...sampler.toJSON(), clinic: clinicSampler.toJSON() }, null, 1));
   }
   await consult?.close();
 });
