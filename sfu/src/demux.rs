@@ -5,6 +5,18 @@
 //! address binds it; DTLS, SRTP and SRTCP from that address then follow by address alone.
 //! The peer connection itself verifies MESSAGE-INTEGRITY, so a forged username only reaches
 //! a connection that rejects it.
+//!
+//! **One path per peer connection.** A browser with several addresses (two interfaces, a VPN,
+//! loopback beside a LAN address) checks a pair from each, and may move its media to another
+//! pair after the first was nominated. The `rtc` crate's ICE agent keeps the first pair it
+//! selected, so after such a move it sees no traffic on its pair, declares the connection
+//! disconnected after 5 s, and the browser stops reading what it sends (seen in the
+//! end-to-end tests: a participant's media stopped 5 s into the call). So a peer
+//! connection's path is the address its DTLS and media first came from, and while that path
+//! carries traffic, checks from any other address are not answered: the browser cannot
+//! move to a pair the server would not follow. A path silent for [`PATH_SILENT_AFTER`]
+//! gives way to the next address (a network change, which the page follows with an ICE
+//! restart).
 
 use crate::ParticipantId;
 use rtc::stun::attributes::ATTR_USERNAME;
@@ -12,6 +24,10 @@ use rtc::stun::message::{Message, is_stun_message};
 use rtc::stun::textattrs::Username;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A peer connection's path that carried nothing for this long may be replaced by another.
+pub const PATH_SILENT_AFTER: Duration = Duration::from_secs(2);
 
 /// Which of a participant's two peer connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,7 +45,18 @@ pub type PcKey = (ParticipantId, PcKind);
 #[derive(Debug, Default)]
 pub struct Demuxer {
     by_ufrag: HashMap<String, PcKey>,
-    by_addr: HashMap<SocketAddr, PcKey>,
+    by_addr: HashMap<SocketAddr, Path>,
+    /// Each peer connection's current path.
+    current: HashMap<PcKey, SocketAddr>,
+}
+
+/// An address bound to a peer connection, and when it last carried a datagram.
+#[derive(Debug, Clone, Copy)]
+struct Path {
+    key: PcKey,
+    last_seen: Instant,
+    /// Whether it is its peer connection's current path.
+    current: bool,
 }
 
 impl Demuxer {
@@ -43,19 +70,60 @@ impl Demuxer {
     /// Forgets everything about a participant's peer connections.
     pub fn remove_participant(&mut self, id: ParticipantId) {
         self.by_ufrag.retain(|_, key| key.0 != id);
-        self.by_addr.retain(|_, key| key.0 != id);
+        self.by_addr.retain(|_, path| path.key.0 != id);
+        self.current.retain(|key, _| key.0 != id);
     }
 
     /// The peer connection a datagram from `from` is for, if any.
-    pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<PcKey> {
+    pub fn route(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> Option<PcKey> {
         if is_stun_message(datagram)
             && let Some(key) = self.route_stun(datagram)
         {
+            if self.held_elsewhere(now, key, from) {
+                return None;
+            }
             // A (re)bound address: a new path, or an ICE restart from the same address.
-            self.by_addr.insert(from, key);
+            let current = self.current.get(&key) == Some(&from);
+            self.by_addr.insert(
+                from,
+                Path {
+                    key,
+                    last_seen: now,
+                    current,
+                },
+            );
             return Some(key);
         }
-        self.by_addr.get(&from).copied()
+        let path = self.by_addr.get_mut(&from)?;
+        path.last_seen = now;
+        let key = path.key;
+        if path.current {
+            return Some(key);
+        }
+        // DTLS and media go over the pair the browser uses: that address becomes the path,
+        // unless another one carries traffic.
+        if !self.held_elsewhere(now, key, from) {
+            if let Some(old) = self.current.insert(key, from)
+                && let Some(old) = self.by_addr.get_mut(&old)
+            {
+                old.current = false;
+            }
+            if let Some(path) = self.by_addr.get_mut(&from) {
+                path.current = true;
+            }
+        }
+        Some(key)
+    }
+
+    /// Whether `key`'s current path is another address that carried traffic lately.
+    fn held_elsewhere(&self, now: Instant, key: PcKey, from: SocketAddr) -> bool {
+        self.current.get(&key).is_some_and(|addr| {
+            *addr != from
+                && self.by_addr.get(addr).is_some_and(|path| {
+                    path.key == key
+                        && now.saturating_duration_since(path.last_seen) < PATH_SILENT_AFTER
+                })
+        })
     }
 
     fn route_stun(&self, datagram: &[u8]) -> Option<PcKey> {
@@ -91,55 +159,103 @@ mod tests {
 
     #[test]
     fn stun_username_binds_the_address_then_other_packets_follow_it() {
+        let t0 = Instant::now();
         let mut demux = Demuxer::default();
         let key = (ParticipantId(7), PcKind::Subscriber);
         demux.register("abcd1234".into(), key);
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
 
         // DTLS before any check: unknown.
-        assert_eq!(demux.route(from, &[22, 254, 253, 0, 0]), None);
+        assert_eq!(demux.route(t0, from, &[22, 254, 253, 0, 0]), None);
         assert_eq!(
-            demux.route(from, &binding_request("abcd1234:remote")),
+            demux.route(t0, from, &binding_request("abcd1234:remote")),
             Some(key)
         );
-        assert_eq!(demux.route(from, &[22, 254, 253, 0, 0]), Some(key));
+        assert_eq!(demux.route(t0, from, &[22, 254, 253, 0, 0]), Some(key));
         // Another address is not bound by the first one's check.
         let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        assert_eq!(demux.route(other, &[128, 96, 0, 1]), None);
+        assert_eq!(demux.route(t0, other, &[128, 96, 0, 1]), None);
     }
 
     #[test]
     fn unknown_ufrag_and_garbage_are_not_routed() {
+        let t0 = Instant::now();
         let mut demux = Demuxer::default();
         demux.register("abcd1234".into(), (ParticipantId(1), PcKind::Publisher));
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        assert_eq!(demux.route(from, &binding_request("zzzz:remote")), None);
-        assert_eq!(demux.route(from, &binding_request("no-colon")), None);
-        assert_eq!(demux.route(from, b"\x00\x01garbage that is not stun"), None);
-        assert_eq!(demux.route(from, &[]), None);
+        assert_eq!(demux.route(t0, from, &binding_request("zzzz:remote")), None);
+        assert_eq!(demux.route(t0, from, &binding_request("no-colon")), None);
+        assert_eq!(
+            demux.route(t0, from, b"\x00\x01garbage that is not stun"),
+            None
+        );
+        assert_eq!(demux.route(t0, from, &[]), None);
     }
 
     #[test]
     fn a_new_ufrag_replaces_the_old_one() {
+        let t0 = Instant::now();
         let mut demux = Demuxer::default();
         let key = (ParticipantId(3), PcKind::Subscriber);
         demux.register("oldufrag".into(), key);
         demux.register("newufrag".into(), key);
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        assert_eq!(demux.route(from, &binding_request("oldufrag:x")), None);
-        assert_eq!(demux.route(from, &binding_request("newufrag:x")), Some(key));
+        assert_eq!(demux.route(t0, from, &binding_request("oldufrag:x")), None);
+        assert_eq!(
+            demux.route(t0, from, &binding_request("newufrag:x")),
+            Some(key)
+        );
     }
 
     #[test]
     fn removing_a_participant_unbinds_its_addresses() {
+        let t0 = Instant::now();
         let mut demux = Demuxer::default();
         let key = (ParticipantId(9), PcKind::Publisher);
         demux.register("ufragufrag".into(), key);
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        demux.route(from, &binding_request("ufragufrag:x"));
+        demux.route(t0, from, &binding_request("ufragufrag:x"));
         assert_eq!(demux.bound_addresses(), 1);
         demux.remove_participant(ParticipantId(9));
         assert_eq!(demux.bound_addresses(), 0);
-        assert_eq!(demux.route(from, &binding_request("ufragufrag:x")), None);
+        assert_eq!(
+            demux.route(t0, from, &binding_request("ufragufrag:x")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_second_address_is_not_answered_while_the_first_carries_media() {
+        let t0 = Instant::now();
+        let mut demux = Demuxer::default();
+        let key = (ParticipantId(5), PcKind::Subscriber);
+        demux.register("ufrag5".into(), key);
+        let lan: SocketAddr = "10.0.0.2:50000".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:50001".parse().unwrap();
+        let check = binding_request("ufrag5:remote");
+        // Before any media both paths may be checked.
+        assert_eq!(demux.route(t0, lan, &check), Some(key));
+        assert_eq!(demux.route(t0, lo, &check), Some(key));
+        // DTLS over the LAN pair makes it the path.
+        assert_eq!(demux.route(t0, lan, &[22, 254, 253, 0, 0]), Some(key));
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(demux.route(at(100), lan, &[128, 96, 0, 1]), Some(key));
+        // The loopback pair's checks go unanswered while the LAN pair carries media, and its
+        // datagrams do not move the path.
+        assert_eq!(demux.route(at(1000), lo, &check), None);
+        assert_eq!(demux.route(at(1100), lo, &[128, 96, 0, 1]), Some(key));
+        assert_eq!(
+            demux.route(at(1900), lo, &check),
+            None,
+            "the LAN path still carries media"
+        );
+        // The LAN path falls silent (the network changed): the other address takes over.
+        assert_eq!(demux.route(at(1100 + 2100), lo, &check), Some(key));
+        assert_eq!(demux.route(at(3300), lo, &[128, 96, 0, 1]), Some(key));
+        assert_eq!(
+            demux.route(at(3400), lan, &check),
+            None,
+            "now the LAN pair is the other one"
+        );
     }
 }

@@ -31,8 +31,8 @@ const MAX_CONCEALED = 0.15; // audio concealment while shaped (3 % loss, no retr
 
 let consult;
 let sampler;
-// The clinic's view of the specialist's camera, whose uplink is shaped too: printed per
-// phase, for the record.
+// The clinic's view of the specialist's camera (its uplink is shaped too): checked on the
+// clean link, printed per phase.
 let clinicSampler;
 const phase = {};
 
@@ -67,8 +67,8 @@ async function roomNote() {
 }
 
 /** Intervals (consecutive sample pairs) in [from, to] where `pred(delta, sample)` fails. */
-function failingIntervals(from, to, pred) {
-  const s = sampler.between(from, to);
+function failingIntervals(from, to, pred, on = sampler) {
+  const s = on.between(from, to);
   const bad = [];
   for (let i = 1; i < s.length; i++) {
     const d = deltas(s[i - 1], s[i]);
@@ -77,7 +77,7 @@ function failingIntervals(from, to, pred) {
   return { bad, intervals: s.length - 1 };
 }
 
-test('phase 1, clean link: the specialist decodes the clinic camera', { timeout: 60_000 }, async () => {
+test('phase 1, clean link: each side decodes the other', { timeout: 60_000 }, async () => {
   phase.clean = { from: sampler.mark('clean') };
   await sleep(CLEAN_S * 1000);
   phase.clean.to = Date.now();
@@ -88,6 +88,10 @@ test('phase 1, clean link: the specialist decodes the clinic camera', { timeout:
   assert.equal(q.stalledIntervals, 0, `clean link: ${describeSummary(q)}`);
   // The size is the page's and the sender's choice (CPU, bandwidth estimate): only check it is known.
   assert.ok(q.avgHeight > 0, `clean link: ${describeSummary(q)}`);
+  // The other way, from the specialist's browser, which has a loopback and a link address:
+  // its media keeps coming (the server stays on the pair the browser uses).
+  const back = failingIntervals(phase.clean.from, phase.clean.to, (d) => d.frames > 0 && d.audioSamples > d.concealed, clinicSampler);
+  assert.deepEqual(back.bad, [], `seconds in which the clinic got no video frame or no real audio from the specialist (of ${back.intervals})`);
 });
 
 test('phase 2, 500 kbit/s 3 % loss 150 ms: audio and video keep flowing', { timeout: 90_000 }, async () => {
