@@ -13,8 +13,9 @@
 //! disconnected after 5 s, and the browser stops reading what it sends (seen in the
 //! end-to-end tests: a participant's media stopped 5 s into the call). So a peer
 //! connection's path is the address its DTLS and media first came from, and while that path
-//! carries traffic, checks from any other address are not answered: the browser cannot
-//! move to a pair the server would not follow. A path silent for [`PATH_SILENT_AFTER`]
+//! carries traffic, checks with the same credentials from any other address are not
+//! answered: the browser cannot move to a pair the server would not follow. An ICE
+//! restart's checks (new credentials) always get through. A path silent for [`PATH_SILENT_AFTER`]
 //! gives way to the next address (a network change, which the page follows with an ICE
 //! restart).
 
@@ -51,12 +52,14 @@ pub struct Demuxer {
 }
 
 /// An address bound to a peer connection, and when it last carried a datagram.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Path {
     key: PcKey,
     last_seen: Instant,
     /// Whether it is its peer connection's current path.
     current: bool,
+    /// The local ufrag of its last check (an ICE restart brings a new one).
+    ufrag: String,
 }
 
 impl Demuxer {
@@ -77,9 +80,17 @@ impl Demuxer {
     /// The peer connection a datagram from `from` is for, if any.
     pub fn route(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> Option<PcKey> {
         if is_stun_message(datagram)
-            && let Some(key) = self.route_stun(datagram)
+            && let Some((key, ufrag)) = self.route_stun(datagram)
         {
-            if self.held_elsewhere(now, key, from) {
+            // Only checks with the current path's credentials are held: an ICE restart's
+            // (new ufrag, often from new ports) must get through while the old path still
+            // carries the media.
+            let same_credentials = self
+                .current
+                .get(&key)
+                .and_then(|addr| self.by_addr.get(addr))
+                .is_some_and(|path| path.ufrag == ufrag);
+            if same_credentials && self.held_elsewhere(now, key, from) {
                 return None;
             }
             // A (re)bound address: a new path, or an ICE restart from the same address.
@@ -90,6 +101,7 @@ impl Demuxer {
                     key,
                     last_seen: now,
                     current,
+                    ufrag,
                 },
             );
             return Some(key);
@@ -126,12 +138,14 @@ impl Demuxer {
         })
     }
 
-    fn route_stun(&self, datagram: &[u8]) -> Option<PcKey> {
+    /// The peer connection a STUN check is for, by its USERNAME, and the local ufrag in it.
+    fn route_stun(&self, datagram: &[u8]) -> Option<(PcKey, String)> {
         let mut message = Message::new();
         message.unmarshal_binary(datagram).ok()?;
         let username = Username::get_from_as(&message, ATTR_USERNAME).ok()?;
         let local_ufrag = username.text.split_once(':')?.0;
-        self.by_ufrag.get(local_ufrag).copied()
+        let key = self.by_ufrag.get(local_ufrag).copied()?;
+        Some((key, local_ufrag.to_owned()))
     }
 
     /// How many addresses are bound (for metrics and tests).
@@ -257,5 +271,27 @@ mod tests {
             None,
             "now the LAN pair is the other one"
         );
+    }
+
+    #[test]
+    fn an_ice_restart_from_a_new_port_gets_through_while_the_old_path_carries_media() {
+        let t0 = Instant::now();
+        let mut demux = Demuxer::default();
+        let key = (ParticipantId(6), PcKind::Subscriber);
+        demux.register("before".into(), key);
+        let old: SocketAddr = "10.0.0.2:50000".parse().unwrap();
+        let new: SocketAddr = "10.0.0.2:50002".parse().unwrap();
+        assert_eq!(
+            demux.route(t0, old, &binding_request("before:r1")),
+            Some(key)
+        );
+        assert_eq!(demux.route(t0, old, &[128, 96, 0, 1]), Some(key));
+        assert_eq!(demux.route(t0, new, &binding_request("before:r1")), None);
+        demux.register("after".into(), key);
+        assert_eq!(
+            demux.route(t0, new, &binding_request("after:r2")),
+            Some(key)
+        );
+        assert_eq!(demux.route(t0, new, &[128, 96, 0, 1]), Some(key));
     }
 }
