@@ -67,6 +67,12 @@ pub struct ServeArgs {
     /// back as itself before the others see it leave; 0 turns resume off [default: 30s].
     #[arg(long, env = "MEDRELAY_RESUME_WINDOW", value_parser = humantime::parse_duration)]
     pub resume_window: Option<Duration>,
+    /// Follow the video of subscribers whose link loses packets with ULPFEC parity packets
+    /// (RED), so that most losses are repaired without a round trip. Off by default: with
+    /// Chromium it removes most short freezes on lossy links but sometimes stalls the picture
+    /// for 3 s (docs/signaling.md) [default: false].
+    #[arg(long, env = "MEDRELAY_FEC")]
+    pub fec: bool,
     /// Days consult recordings, telemetry records and audit entries are kept after they end
     /// [default: 5479, 15 years].
     #[arg(long, env = "MEDRELAY_RETENTION_DAYS")]
@@ -95,6 +101,7 @@ struct FileConfig {
     turn_secret: Option<String>,
     turn_ttl_seconds: Option<u64>,
     resume_window_seconds: Option<u64>,
+    fec: Option<bool>,
 }
 
 /// How HTTPS is provided.
@@ -129,6 +136,8 @@ pub struct ServeConfig {
     pub turn: Option<signaling::turn::TurnConfig>,
     /// How long a participant that lost its socket may resume (zero: never).
     pub resume_window: Duration,
+    /// ULPFEC parity packets for lossy subscribers.
+    pub fec: bool,
 }
 
 /// Why the configuration cannot be used.
@@ -234,6 +243,7 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             turn,
+            fec: self.fec || file.fec.unwrap_or(false),
             resume_window: self
                 .resume_window
                 .or(file.resume_window_seconds.map(Duration::from_secs))
@@ -315,6 +325,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(off.resolve().unwrap().resume_window, Duration::ZERO);
+        assert!(!c.fec, "parity for lossy subscribers is off by default");
+        let fec = ServeArgs {
+            fec: true,
+            ..Default::default()
+        };
+        assert!(fec.resolve().unwrap().fec);
     }
 
     #[test]

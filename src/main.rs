@@ -282,7 +282,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     );
     let taps = Box::new(recording::Taps(recorder.media()));
     let media_bind = SocketAddr::new(config.listen.ip(), config.media_port);
-    let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip, Some(taps))
+    let (sfu, events) = sfu::shell::spawn(media_bind, config.announce_ip, Some(taps), config.fec)
         .await
         .with_context(|| format!("binding the media socket {media_bind}"))?;
     let recordings = signaling::recordings::RecordingsApi::new(

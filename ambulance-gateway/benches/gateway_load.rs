@@ -1171,9 +1171,10 @@ fn main() {
             keys.clone(),
         );
         // A metrics registry like `medrelay serve`'s, to read the gateway's own histogram.
-        let (sfu, events) = sfu::shell::spawn("127.0.0.1:0".parse().expect("addr"), None, None)
-            .await
-            .expect("media socket");
+        let (sfu, events) =
+            sfu::shell::spawn("127.0.0.1:0".parse().expect("addr"), None, None, false)
+                .await
+                .expect("media socket");
         std::mem::forget(events);
         let metrics = signaling::metrics::Metrics::new(
             Arc::new(signaling::registry::Registry::default()),

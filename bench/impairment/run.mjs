@@ -10,6 +10,7 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { ROOT, ARTIFACTS, sleep } from '../../tests/e2e/lib/server.mjs';
 import { expectMediaFrom } from '../../tests/e2e/lib/browser.mjs';
+import { metricsText, metricValue } from '../../tests/e2e/lib/api.mjs';
 import { QualitySampler, startImpairedConsult, summarize, takeSample, timeToRecover, describeSummary } from '../../tests/e2e/lib/quality.mjs';
 
 const PROFILES = {
@@ -23,14 +24,16 @@ const BEGIN = '<!-- impairment-bench:begin -->';
 const END = '<!-- impairment-bench:end -->';
 
 function parseArgs(argv) {
-  const o = { duration: 40, warmup: 10, profiles: Object.keys(PROFILES), write: true };
+  const o = { duration: 40, warmup: 10, profiles: Object.keys(PROFILES), write: true, fec: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--duration') o.duration = Number(argv[++i]);
     else if (a === '--warmup') o.warmup = Number(argv[++i]);
     else if (a === '--profiles') o.profiles = argv[++i].split(',');
     else if (a === '--no-write') o.write = false;
-    else throw new Error(`unknown argument ${a} (--duration S, --warmup S, --profiles a,b, --no-write)`);
+    // The server with ULPFEC parity for lossy subscribers (off by default): printed only.
+    else if (a === '--fec') Object.assign(o, { fec: true, write: false });
+    else throw new Error(`unknown argument ${a} (--duration S, --warmup S, --profiles a,b, --no-write, --fec)`);
   }
   for (const p of o.profiles) if (!PROFILES[p]) throw new Error(`unknown profile ${p}; known: ${Object.keys(PROFILES).join(', ')}`);
   if (!(o.duration >= 5) || !(o.warmup >= 0)) throw new Error('--duration must be >= 5 s, --warmup >= 0');
@@ -42,6 +45,11 @@ function parseArgs(argv) {
 async function inRoom(consult) {
   const [mine, clinics] = await Promise.all([consult.specialist.state().catch(() => null), consult.clinic.state()]);
   return !!mine?.joined && clinics.remoteParticipants.some((p) => p.id === mine.participantId);
+}
+
+/** ULPFEC parity packets the server has sent (to either participant). */
+async function parityPackets(consult) {
+  return metricValue(await metricsText(consult.server), 'medrelay_fec_packets_total') ?? 0;
 }
 
 async function runProfile(consult, name, o) {
@@ -57,6 +65,7 @@ async function runProfile(consult, name, o) {
   if (p.shape) await consult.link.shape(p.shape);
   await sleep(o.warmup * 1000);
   const linkBefore = await consult.link.stats();
+  const fecBefore = await parityPackets(consult);
   const sampler = new QualitySampler(consult.specialist, CLINIC).start();
   const from = sampler.mark('measure');
   let recoveryS;
@@ -73,6 +82,8 @@ async function runProfile(consult, name, o) {
   await sleep(Math.max(0, from + o.duration * 1000 - Date.now()));
   await sampler.stop();
   const linkAfter = await consult.link.stats();
+  const parity = (await parityPackets(consult)) - fecBefore;
+  if (parity > 0) notes.push(`${parity} ULPFEC parity packets sent`);
   const q = summarize(sampler.samples);
   const lost = sampler.samples.find((s) => !s.joined);
   if (lost) notes.push(`the specialist's page lost its session at +${((lost.t - from) / 1000).toFixed(0)} s`);
@@ -119,7 +130,7 @@ function writeSection(file, text) {
 
 const o = parseArgs(process.argv.slice(2));
 fs.mkdirSync(ARTIFACTS, { recursive: true });
-const consult = await startImpairedConsult({ name: 'impairment', linkName: 'lembench', clinicId: CLINIC });
+const consult = await startImpairedConsult({ name: 'impairment', linkName: 'lembench', clinicId: CLINIC, serverArgs: o.fec ? ['--fec'] : [] });
 if (!consult) throw new Error('ffmpeg is missing');
 const rows = [];
 try {

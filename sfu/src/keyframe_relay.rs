@@ -1,12 +1,13 @@
-//! Inbound RTCP, closest to the wire: lets a subscriber's keyframe requests reach the
-//! router, and trims its NACKs.
+//! Inbound RTCP, closest to the wire: lets a subscriber's keyframe requests and NACKs reach
+//! the router, and trims its NACKs.
 //!
 //! The `rtc` interceptor chain ends inbound RTCP at its terminus unless a packet is marked
-//! [`Attribute::DeliverToApplication`]. This interceptor marks exactly the compound packets
-//! that carry a PLI or FIR; receiver reports and NACKs stay with the chain (the NACK
-//! responder answers from its cache). The router relays what it sees to the publisher,
-//! throttled. On a subscriber connection it first trims each NACK to what its
-//! [`NackBudget`] allows.
+//! [`Attribute::DeliverToApplication`]. This interceptor marks the compound packets that
+//! carry a PLI or FIR, and on a subscriber connection those that carry a NACK; receiver
+//! reports stay with the chain. The router relays keyframe requests to the publisher,
+//! throttled, and counts what NACKs ask for as the subscriber's loss (the NACK responder
+//! further down the chain answers them from its cache). On a subscriber connection each
+//! NACK is first trimmed to what its [`NackBudget`] allows.
 
 use crate::nack_limit::NackBudget;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
@@ -21,8 +22,8 @@ use std::time::Instant;
 /// Where the marker sits in the chain: before every named slot.
 pub(crate) const SLOT: usize = 500;
 
-/// Marks inbound RTCP carrying PLI/FIR for delivery to the application; trims NACKs when
-/// it has a budget.
+/// Marks inbound RTCP carrying PLI/FIR for delivery to the application; with a budget (a
+/// subscriber connection), trims NACKs and delivers them too.
 #[derive(Default)]
 pub(crate) struct KeyframeRequestMarker {
     nacks: Option<NackBudget>,
@@ -68,7 +69,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestMarker {
                 .collect();
         }
         if let Packet::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
+            && packets.iter().any(|p| {
+                is_keyframe_request(p.as_ref())
+                    || (self.nacks.is_some() && p.as_any().is::<TransportLayerNack>())
+            })
             && !msg.message.has(&Attribute::DeliverToApplication)
         {
             msg.message.attributes.push(Attribute::DeliverToApplication);

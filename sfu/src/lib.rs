@@ -24,6 +24,7 @@
 mod bandwidth;
 pub mod demux;
 mod error;
+mod fec;
 mod keyframe_relay;
 mod nack_limit;
 mod participant;

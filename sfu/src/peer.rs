@@ -3,7 +3,8 @@
 //! default codecs (Opus, VP8, VP9, H.264, AV1) and the default interceptors (NACK generator
 //! and responder with its packet cache, RTCP reports, TWCC feedback), plus the marker that
 //! surfaces keyframe requests. Subscriber connections add send-side congestion control
-//! ([`bandwidth`](crate::bandwidth)) and offer REMB for peers without transport-cc.
+//! ([`bandwidth`](crate::bandwidth)), offer REMB for peers without transport-cc, and offer
+//! RED and ULPFEC for the parity packets sent to lossy subscribers ([`fec`](crate::fec)).
 
 use crate::SfuError;
 use crate::bandwidth::Estimate;
@@ -13,15 +14,23 @@ use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{CongestionControlBuilder, Registry, Slot, TwccSenderBuilder};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_ULP_FEC, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB,
+};
 use std::net::SocketAddr;
 use std::time::Instant;
+
+/// MIME type of RED (RFC 2198), which carries video and its ULPFEC parity in one stream.
+pub(crate) const MIME_TYPE_RED: &str = "video/red";
+/// Payload types offered for RED and ULPFEC (free in the default codec table).
+const RED_PAYLOAD_TYPE: u8 = 116;
+const ULPFEC_PAYLOAD_TYPE: u8 = 117;
 
 /// Builds an ICE-lite peer connection whose only candidate is `media_addr`. A subscriber
 /// connection passes the [`Estimate`] its congestion controller is to publish into.
@@ -60,6 +69,23 @@ pub(crate) fn build(
             },
             RtpCodecKind::Video,
         );
+        // Only towards subscribers: a publisher offered them would wrap its own video in RED.
+        for (mime_type, payload_type) in [
+            (MIME_TYPE_RED, RED_PAYLOAD_TYPE),
+            (MIME_TYPE_ULP_FEC, ULPFEC_PAYLOAD_TYPE),
+        ] {
+            media_engine.register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: RTCRtpCodec {
+                        mime_type: mime_type.to_owned(),
+                        clock_rate: 90_000,
+                        ..Default::default()
+                    },
+                    payload_type,
+                },
+                RtpCodecKind::Video,
+            )?;
+        }
     }
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)

@@ -7,6 +7,7 @@
 //! passed. Everything here is plain arithmetic on values passed in, so it is tested without
 //! sockets or clocks.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// Header-extension URI of transport-wide congestion control sequence numbers. Its values
@@ -69,8 +70,12 @@ pub struct SequenceRewriter {
     clock_rate: u32,
     /// Set once the first packet of the current source has been mapped.
     base: Option<Base>,
-    /// The last packet handed to the subscriber (highest sequence number sent).
-    last_out: Option<Sent>,
+    /// The last packet handed to the subscriber (highest sequence number sent; before the
+    /// first, the one just before the initial values).
+    last_out: Sent,
+    /// Packets the router added to the current source's numbering ([`Self::insert`]): the
+    /// highest incoming sequence number at each, oldest first.
+    inserted: VecDeque<u16>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,11 +113,12 @@ impl SequenceRewriter {
         Self {
             clock_rate,
             base: None,
-            last_out: Some(Sent {
+            last_out: Sent {
                 seq: initial_seq.wrapping_sub(1),
                 ts: initial_ts,
                 at: now,
-            }),
+            },
+            inserted: VecDeque::new(),
         }
     }
 
@@ -120,6 +126,31 @@ impl SequenceRewriter {
     /// subscriber's numbering (call on a source change, e.g. a layer switch or a new SSRC).
     pub fn reset_source(&mut self) {
         self.base = None;
+        self.inserted.clear();
+    }
+
+    /// Takes the next sequence number for a packet the router adds to the stream itself (a
+    /// parity packet), with the timestamp of the last packet sent. The source's later packets
+    /// are numbered after it; its earlier ones arriving late keep the numbers they had.
+    pub fn insert(&mut self) -> Rewritten {
+        let last = &mut self.last_out;
+        last.seq = last.seq.wrapping_add(1);
+        let out = Rewritten {
+            seq: last.seq,
+            ts: last.ts,
+        };
+        if let Some(base) = self.base.as_mut() {
+            base.seq_offset = base.seq_offset.wrapping_add(1);
+            while self
+                .inserted
+                .front()
+                .is_some_and(|b| base.highest_in.wrapping_sub(*b) > MAX_REORDER)
+            {
+                self.inserted.pop_front();
+            }
+            self.inserted.push_back(base.highest_in);
+        }
+        out
     }
 
     /// Maps one incoming packet, or returns `None` when it is too old for the current source.
@@ -141,19 +172,26 @@ impl SequenceRewriter {
                 base
             }
         };
+        // A late packet from before packets were inserted keeps the numbering of its time.
+        let before_inserts = self
+            .inserted
+            .iter()
+            .rev()
+            .take_while(|b| b.wrapping_sub(in_seq) < 0x8000)
+            .count() as u16;
         let out = Rewritten {
-            seq: in_seq.wrapping_add(base.seq_offset),
+            seq: in_seq
+                .wrapping_add(base.seq_offset)
+                .wrapping_sub(before_inserts),
             ts: in_ts.wrapping_add(base.ts_offset),
         };
-        let newer = self
-            .last_out
-            .is_none_or(|last| out.seq.wrapping_sub(last.seq) < 0x8000 && out.seq != last.seq);
-        if newer {
-            self.last_out = Some(Sent {
+        let last = self.last_out;
+        if out.seq.wrapping_sub(last.seq) < 0x8000 && out.seq != last.seq {
+            self.last_out = Sent {
                 seq: out.seq,
                 ts: out.ts,
                 at: now,
-            });
+            };
         }
         Some(out)
     }
@@ -161,15 +199,11 @@ impl SequenceRewriter {
     /// Chooses offsets so that the first packet of a source follows the last one sent: the
     /// next sequence number, and a timestamp advanced by the time that passed (at least 1).
     fn start_source(&self, in_seq: u16, in_ts: u32, now: Instant) -> Base {
-        let (next_seq, next_ts) = match self.last_out {
-            Some(last) => {
-                let elapsed = now.saturating_duration_since(last.at);
-                let ticks = (elapsed.as_micros() as u64 * self.clock_rate as u64 / 1_000_000)
-                    .clamp(1, u32::MAX as u64) as u32;
-                (last.seq.wrapping_add(1), last.ts.wrapping_add(ticks))
-            }
-            None => (in_seq, in_ts),
-        };
+        let last = self.last_out;
+        let elapsed = now.saturating_duration_since(last.at);
+        let ticks = (elapsed.as_micros() as u64 * self.clock_rate as u64 / 1_000_000)
+            .clamp(1, u32::MAX as u64) as u32;
+        let (next_seq, next_ts) = (last.seq.wrapping_add(1), last.ts.wrapping_add(ticks));
         Base {
             seq_offset: next_seq.wrapping_sub(in_seq),
             ts_offset: next_ts.wrapping_sub(in_ts),
@@ -221,6 +255,30 @@ mod tests {
         assert_eq!((a.seq, b.seq, c.seq), (10, 11, 12));
         // A retransmission of 1001 maps to the same number again.
         assert_eq!(rw.rewrite(1001, 3000, t0).unwrap(), b);
+    }
+
+    #[test]
+    fn inserted_packets_take_numbers_between_the_source_s_own() {
+        let t0 = Instant::now();
+        let mut rw = SequenceRewriter::new(90_000, 100, 0, t0);
+        assert_eq!(rw.rewrite(10, 3000, t0).unwrap().seq, 100);
+        // 11 is late; 12 arrives first.
+        assert_eq!(rw.rewrite(12, 6000, t0).unwrap().seq, 102);
+        let fec = rw.insert();
+        assert_eq!(
+            (fec.seq, fec.ts),
+            (103, rw.rewrite(12, 6000, t0).unwrap().ts)
+        );
+        assert_eq!(rw.rewrite(13, 9000, t0).unwrap().seq, 104);
+        assert_eq!(rw.insert().seq, 105);
+        // The late packet and a retransmission keep the numbers of their time.
+        assert_eq!(rw.rewrite(11, 3000, t0).unwrap().seq, 101);
+        assert_eq!(rw.rewrite(13, 9000, t0).unwrap().seq, 104);
+        assert_eq!(rw.rewrite(14, 12_000, t0).unwrap().seq, 106);
+        // A new source continues after the last number taken.
+        assert_eq!(rw.insert().seq, 107);
+        rw.reset_source();
+        assert_eq!(rw.rewrite(5000, 0, t0).unwrap().seq, 108);
     }
 
     #[test]

@@ -9,15 +9,17 @@
 
 use crate::bandwidth::Estimate;
 use crate::demux::{Demuxer, PcKey, PcKind};
+use crate::fec::{self, LossMeter, ParityGroup};
 use crate::peer;
-use crate::rewrite::{ExtensionMap, Rewritten, SequenceRewriter};
+use crate::rewrite::{ExtensionMap, Rewritten, SequenceRewriter, TRANSPORT_CC_URI};
 use crate::simulcast::{self, BitrateMeter, Choice, Demand, LayerView, PauseReason, VideoCodec};
 use crate::tap::{Tap, TapCodec, TapId, TapPacket, TapTrack};
 use crate::{ParticipantId, ParticipantInfo, SfuError, TrackInfo, TrackKind, TrackSource};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rtc::data_channel::RTCDataChannelId;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_ULP_FEC;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -74,6 +76,8 @@ pub struct RouterConfig {
     pub keyframe_request_interval: Duration,
     /// Largest chat message accepted on the data channel, in bytes.
     pub max_chat_message: usize,
+    /// Whether lossy subscribers' video is followed by ULPFEC parity packets (`fec.rs`).
+    pub fec: bool,
 }
 
 impl RouterConfig {
@@ -83,6 +87,7 @@ impl RouterConfig {
             media_addr,
             keyframe_request_interval: Duration::from_millis(300),
             max_chat_message: 4096,
+            fec: false,
         }
     }
 }
@@ -188,6 +193,11 @@ pub struct RouterStats {
     pub dropped_taps: u64,
     /// Simulcast layer switches made for subscribers (at keyframes).
     pub layer_switches: u64,
+    /// ULPFEC parity packets sent to subscribers whose link loses packets.
+    pub fec_packets: u64,
+    /// Video packets per parity packet towards each subscriber (0: not protected), by
+    /// participant.
+    pub fec_groups: Vec<(ParticipantId, u64)>,
     /// Each subscriber's bandwidth estimate in bits per second, by participant.
     pub estimates: Vec<(ParticipantId, u64)>,
     /// Video subscriptions by what they receive: a layer's `rid` (`"single"` without
@@ -204,6 +214,10 @@ struct Participant {
     estimate: Estimate,
     /// The last REMB it sent (for a subscriber without transport-cc).
     remb_bps: Option<u64>,
+    /// The share of its video it asks to be resent, and the parity group size that calls for.
+    loss: LossMeter,
+    /// Parity packets follow this many of its video packets (`None`: no protection).
+    fec_group: Option<usize>,
     /// The track (id in its subscriber connection) it pinned.
     pinned: Option<String>,
     /// The last quality report sent to it, and when.
@@ -344,11 +358,26 @@ struct Subscription {
     /// queue is cut by its drops, and the picture stalls for seconds); after it, the old
     /// layer is still not forwarded while that keyframe is awaited.
     drain_until: Option<Instant>,
+    /// The parity being built over what it forwards, while its subscriber's link loses.
+    parity: ParityGroup,
+    /// The highest sequence number its subscriber has asked to be resent.
+    highest_nacked: Option<u16>,
 }
 
 struct Negotiated {
     payload_types: Vec<(u8, u8)>,
     extensions: ExtensionMap,
+    /// RED and ULPFEC payload types, if the subscriber accepted both.
+    fec: Option<FecPayloadTypes>,
+    /// The subscriber's id of the transport-cc extension.
+    transport_cc_id: Option<u8>,
+}
+
+/// The payload types a subscriber receives parity packets with.
+#[derive(Clone, Copy)]
+struct FecPayloadTypes {
+    red: u8,
+    ulpfec: u8,
 }
 
 impl Negotiated {
@@ -413,6 +442,12 @@ impl Router {
             .map(|(id, p)| (*id, subscriber_estimate(p)))
             .collect();
         estimates.sort();
+        let mut fec_groups: Vec<(ParticipantId, u64)> = self
+            .participants
+            .iter()
+            .map(|(id, p)| (*id, p.fec_group.unwrap_or(0) as u64))
+            .collect();
+        fec_groups.sort();
         let mut by_layer: HashMap<String, u64> = HashMap::new();
         for track in self
             .tracks
@@ -435,6 +470,7 @@ impl Router {
         RouterStats {
             estimates,
             video_subscriptions: by_layer,
+            fec_groups,
             ..self.stats.clone()
         }
     }
@@ -479,6 +515,8 @@ impl Router {
                 subscriber: new_peer,
                 estimate,
                 remb_bps: None,
+                loss: LossMeter::new(),
+                fec_group: None,
                 pinned: None,
                 reported: None,
                 chat: Some(chat),
@@ -1001,8 +1039,10 @@ impl Router {
                     if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                         self.stats.keyframe_requests_received += 1;
                         self.request_keyframe(now, &track_key, Some(id), Throttle::Yes);
-                    } else if any.is::<TransportLayerNack>() {
+                    } else if let Some(nack) = packet.as_any().downcast_ref::<TransportLayerNack>()
+                    {
                         self.stats.nacks_received += 1;
+                        self.count_resend_requests(now, &track_key, id, nack);
                     }
                 }
             }
@@ -1344,6 +1384,8 @@ impl Router {
             last_downgrade: None,
             short_since: None,
             drain_until: None,
+            parity: ParityGroup::new(),
+            highest_nacked: None,
         });
         self.downtracks
             .insert((subscriber, track.info.track_id.clone()), key.clone());
@@ -1425,10 +1467,31 @@ impl Router {
                         .iter()
                         .map(|h| (h.id as u8, h.uri.as_str())),
                 );
+                let payload_type_of = |mime: &str| {
+                    params
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                        .map(|c| c.payload_type)
+                };
+                let fec = match (
+                    payload_type_of(peer::MIME_TYPE_RED),
+                    payload_type_of(MIME_TYPE_ULP_FEC),
+                ) {
+                    (Some(red), Some(ulpfec)) => Some(FecPayloadTypes { red, ulpfec }),
+                    _ => None,
+                };
+                let transport_cc_id = params
+                    .header_extensions
+                    .iter()
+                    .find(|h| h.uri == TRANSPORT_CC_URI)
+                    .map(|h| h.id as u8);
                 let first = sub.negotiated.is_none();
                 sub.negotiated = Some(Negotiated {
                     payload_types,
                     extensions,
+                    fec,
+                    transport_cc_id,
                 });
                 if first && track.info.kind == TrackKind::Video && p.subscriber_connected {
                     new_video.push(key.clone());
@@ -1578,17 +1641,61 @@ impl Router {
             // an interceptor adding one (transport-cc) marshals a valid header.
             let ext_len = out.header.get_extension_payload_len();
             out.header.extensions_padding = (4 - ext_len % 4) % 4;
+            let video = track.info.kind == TrackKind::Video;
+            let parity = match (p.fec_group, negotiated.fec) {
+                (Some(group), Some(pts))
+                    if video && !out.payload.is_empty() && !out.header.padding =>
+                {
+                    if let Some(id) = negotiated.transport_cc_id {
+                        // The parity covers this extension with the zero value the receiver
+                        // sees (it zeroes it to recover); the congestion controller then
+                        // writes the real value in place.
+                        let _ = out.header.set_extension(id, Bytes::from_static(&[0, 0]));
+                    }
+                    let parity = sub.parity.protect(now, &out.header, &out.payload, group);
+                    out.header.payload_type = pts.red;
+                    out.payload = fec::red(pt, &out.payload);
+                    parity.map(|parity| {
+                        let Rewritten { seq, ts } = sub.rewriter.insert();
+                        rtc::rtp::Packet {
+                            header: rtc::rtp::header::Header {
+                                version: 2,
+                                payload_type: pts.red,
+                                sequence_number: seq,
+                                timestamp: ts,
+                                ssrc: sub.out_ssrc,
+                                ..Default::default()
+                            },
+                            payload: fec::red(pts.ulpfec, &parity),
+                        }
+                    })
+                }
+                _ => None,
+            };
             match p.subscriber.rtp_sender(sub.sender_id) {
-                Some(mut sender) => match sender.write_rtp(now, out) {
-                    Ok(()) => {
-                        self.stats.forwarded_packets += 1;
-                        self.stats.forwarded_bytes += payload_len;
+                Some(mut sender) => {
+                    match sender.write_rtp(now, out) {
+                        Ok(()) => {
+                            self.stats.forwarded_packets += 1;
+                            self.stats.forwarded_bytes += payload_len;
+                            if video {
+                                p.loss.on_sent(now, 1);
+                            }
+                        }
+                        Err(e) => {
+                            self.stats.dropped_packets += 1;
+                            debug!(participant = %sub.subscriber, error = %e, "forwarding failed");
+                        }
                     }
-                    Err(e) => {
-                        self.stats.dropped_packets += 1;
-                        debug!(participant = %sub.subscriber, error = %e, "forwarding failed");
+                    if let Some(parity) = parity {
+                        match sender.write_rtp(now, parity) {
+                            Ok(()) => self.stats.fec_packets += 1,
+                            Err(e) => {
+                                debug!(participant = %sub.subscriber, error = %e, "parity not sent")
+                            }
+                        }
                     }
-                },
+                }
                 None => self.stats.dropped_packets += 1,
             }
             let dirty = (sub.subscriber, PcKind::Subscriber);
@@ -1626,9 +1733,10 @@ impl Router {
     /// Chooses again what `subscriber` receives of each track, within its estimate; asks for
     /// keyframes where it must switch, and tells it when anything changed.
     fn allocate_for(&mut self, now: Instant, subscriber: ParticipantId) {
-        let Some(p) = self.participants.get(&subscriber) else {
+        let Some(p) = self.participants.get_mut(&subscriber) else {
             return;
         };
+        let loss_group = p.loss.group_size(now).filter(|_| self.config.fec);
         let budget = subscriber_estimate(p);
         let pinned = p.pinned.clone();
         let mut keys: Vec<TrackKey> = self
@@ -1685,6 +1793,26 @@ impl Router {
             .sum::<u64>()
             > budget;
         let choices = simulcast::allocate(budget, &demands);
+        // What the choice costs: parity for the video may use what the estimate leaves.
+        let (mut audio_bps, mut video_bps) = (0, 0);
+        for (demand, choice) in demands.iter().zip(&choices) {
+            if let Choice::Layer(l) = choice {
+                let cost = demand.layers.get(*l).map_or(0, |v| v.bitrate_bps);
+                *(if demand.audio {
+                    &mut audio_bps
+                } else {
+                    &mut video_bps
+                }) += cost;
+            }
+        }
+        let fec_group = loss_group.and_then(|group| {
+            fec::group_within(
+                group,
+                video_bps,
+                budget.saturating_sub(audio_bps + video_bps),
+            )
+        });
+        let protection_ended = p.fec_group.is_some() && fec_group.is_none();
         let mut need_keyframe = Vec::new();
         let mut waiting = Vec::new();
         let mut report = Vec::new();
@@ -1695,6 +1823,10 @@ impl Router {
                 .iter_mut()
                 .find(|s| s.subscriber == subscriber)
                 .expect("filtered above");
+            if protection_ended {
+                // A group begun while protected would mix in packets sent without RED.
+                sub.parity.clear();
+            }
             let rank = |c: Choice| match c {
                 Choice::Layer(l) => l as i64,
                 Choice::Paused(_) => -1,
@@ -1764,6 +1896,10 @@ impl Router {
         let Some(p) = self.participants.get_mut(&subscriber) else {
             return;
         };
+        if p.fec_group.is_some() != fec_group.is_some() {
+            debug!(%subscriber, ?fec_group, "video protection changed");
+        }
+        p.fec_group = fec_group;
         let changed = match &p.reported {
             None => true,
             Some((bps, tracks, at)) => {
@@ -1847,6 +1983,44 @@ impl Router {
                     .collect(),
             });
         }
+    }
+
+    /// Counts the video packets a subscriber's NACK asks for that it had not asked for
+    /// before, as the loss its link shows ([`LossMeter`]).
+    fn count_resend_requests(
+        &mut self,
+        now: Instant,
+        key: &TrackKey,
+        subscriber: ParticipantId,
+        nack: &TransportLayerNack,
+    ) {
+        let (Some(track), Some(p)) = (
+            self.tracks.get_mut(key),
+            self.participants.get_mut(&subscriber),
+        ) else {
+            return;
+        };
+        if track.info.kind != TrackKind::Video {
+            return;
+        }
+        let Some(sub) = track
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.subscriber == subscriber)
+        else {
+            return;
+        };
+        let mut new = 0;
+        for seq in nack.nacks.iter().flat_map(|pair| pair.packet_list()) {
+            if sub
+                .highest_nacked
+                .is_none_or(|h| seq != h && seq.wrapping_sub(h) < 0x8000)
+            {
+                sub.highest_nacked = Some(seq);
+                new += 1;
+            }
+        }
+        p.loss.on_resend_asked(now, new);
     }
 
     /// Asks the publishers of every video track `subscriber` receives for a keyframe.

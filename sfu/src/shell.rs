@@ -219,6 +219,7 @@ pub async fn spawn(
     bind: SocketAddr,
     announce: Option<std::net::IpAddr>,
     taps: Option<Box<dyn TapSink>>,
+    fec: bool,
 ) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<RouterEvent>)> {
     let socket = UdpSocket::bind(bind).await?;
     let local = socket.local_addr()?;
@@ -230,7 +231,10 @@ pub async fn spawn(
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(MediaStats::default()));
-    let router = Router::new(RouterConfig::new(media_addr));
+    let router = Router::new(RouterConfig {
+        fec,
+        ..RouterConfig::new(media_addr)
+    });
     info!(%local, announced = %media_addr, "media socket bound");
     tokio::spawn(run(
         router,

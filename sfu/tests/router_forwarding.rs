@@ -10,6 +10,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu::tap::Tap;
 use sfu::{
@@ -61,7 +62,11 @@ impl Net {
         let now = Instant::now();
         Self {
             now,
-            router: Router::new(RouterConfig::new(ROUTER_ADDR.parse().unwrap())),
+            // Parity for lossy subscribers on (`--fec`): only a test that NACKs sees it.
+            router: Router::new(RouterConfig {
+                fec: true,
+                ..RouterConfig::new(ROUTER_ADDR.parse().unwrap())
+            }),
             clients: Vec::new(),
             events: Vec::new(),
             taps: Vec::new(),
@@ -236,11 +241,203 @@ impl Net {
         packet.header.sequence_number = seq;
         packet.header.timestamp = ts;
         packet.header.payload_type = pt;
+        // Each packet is a whole frame.
+        packet.header.marker = true;
         packet.payload = Bytes::from(format!("frame-{seq}").into_bytes());
         pc.rtp_sender(sender)
             .unwrap()
             .write_rtp(now, packet)
             .unwrap();
+    }
+}
+
+/// A subscriber that asks for more than 1 % of its video to be resent gets it in RED, each
+/// few frames followed by a ULPFEC parity packet numbered between them; the sequence numbers
+/// stay continuous.
+#[test]
+fn a_lossy_subscriber_gets_its_video_in_red_with_parity_packets() {
+    let mut net = Net::new();
+    let (viewer, _, pub_client, sender, ssrc) = net.viewer_and_publisher();
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.clients[0].connected
+            && n.clients[1].connected)
+    );
+    net.send_rtp(pub_client, sender, ssrc, 1000, 0);
+    assert!(net.run_until(Duration::from_secs(1), |n| {
+        n.events.iter().any(
+        |e| matches!(e, RouterEvent::SubscribeOffer { participant, .. } if *participant == viewer)
+    )
+    }));
+    net.answer_offer(viewer, 0);
+    net.run_until(Duration::from_millis(200), |_| false);
+    let mut seq = 1001u16;
+    let mut frames = |net: &mut Net, count: u16| {
+        for _ in 0..count {
+            net.send_rtp(pub_client, sender, ssrc, seq, 3000 * seq as u32);
+            seq += 1;
+            net.run_until(Duration::from_millis(33), |_| false);
+        }
+    };
+    frames(&mut net, 60);
+    let plain = net.clients[0].received.len();
+    assert!(plain >= 50, "the viewer receives the stream, got {plain}");
+    let vp8 = net.clients[0].received[0].header.payload_type;
+    assert!(
+        net.clients[0]
+            .received
+            .iter()
+            .all(|p| p.header.payload_type == vp8)
+    );
+    assert_eq!(
+        net.router.stats().fec_packets,
+        0,
+        "no parity on a clean link"
+    );
+
+    // The viewer asks for 3 of its packets again (about 4 % of what it was sent).
+    let out_ssrc = net.clients[0].received[0].header.ssrc;
+    let asked: Vec<u16> = net.clients[0].received[10..13]
+        .iter()
+        .map(|p| p.header.sequence_number)
+        .collect();
+    let now = net.now;
+    let receiver = net.clients[0].pc.get_receivers().next().unwrap();
+    net.clients[0]
+        .pc
+        .rtp_receiver(receiver)
+        .unwrap()
+        .write_rtcp(
+            now,
+            vec![Box::new(rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
+                sender_ssrc: 1,
+                media_ssrc: out_ssrc,
+                nacks: rtc::rtcp::transport_feedbacks::transport_layer_nack::nack_pairs_from_sequence_numbers(&asked),
+            })],
+        )
+        .unwrap();
+    // The next allocation (every 500 ms) turns protection on.
+    frames(&mut net, 20);
+    assert_eq!(net.router.stats().nacks_received, 1);
+    let group = net
+        .router
+        .stats()
+        .fec_groups
+        .iter()
+        .find(|(p, _)| *p == viewer)
+        .unwrap()
+        .1 as usize;
+    assert_eq!(
+        group, 3,
+        "about 4 % loss: a parity packet every 3 frames (0.1 / loss)"
+    );
+    frames(&mut net, 40);
+    let got = &net.clients[0].received[plain..];
+    let red: Vec<&rtc::rtp::Packet> = got
+        .iter()
+        .filter(|p| p.header.payload_type != vp8)
+        .collect();
+    assert!(!red.is_empty(), "the video comes in RED");
+    let red_pt = red[0].header.payload_type;
+    assert!(red.iter().all(|p| p.header.payload_type == red_pt));
+    let media = red.iter().filter(|p| p.payload[0] == vp8).count();
+    let parity: Vec<&&rtc::rtp::Packet> = red.iter().filter(|p| p.payload[0] != vp8).collect();
+    assert!(media >= 30, "frames in RED: {media}");
+    // A parity packet protects the frames just before it (ULPFEC header: SN base and mask),
+    // `group` of them, or fewer once the first is 60 ms old.
+    let mut protected = 0;
+    for p in &parity {
+        let fec = &p.payload[1..];
+        let sn_base = u16::from_be_bytes([fec[2], fec[3]]);
+        let n = p.header.sequence_number.wrapping_sub(sn_base) as usize;
+        assert!((1..=group).contains(&n), "a group of {n}");
+        assert_eq!(u16::from_be_bytes([fec[12], fec[13]]), !(u16::MAX >> n));
+        protected += n;
+    }
+    assert!(
+        protected + group >= media,
+        "{protected} of {media} frames protected"
+    );
+    assert_eq!(net.router.stats().fec_packets as usize, parity.len());
+    // What the receiver does (RFC 5109 section 8, as libwebrtc does it): each protected
+    // packet, taken as lost, is rebuilt from the parity and the others as they arrived (RED
+    // header removed, transport-cc value zeroed).
+    let as_received = |p: &rtc::rtp::Packet| -> Vec<u8> {
+        let mut h = p.header.clone();
+        h.payload_type = p.payload[0];
+        for ext in h.extensions.iter_mut() {
+            ext.payload = Bytes::from(vec![0; ext.payload.len()]);
+        }
+        let mut bytes = h.marshal().unwrap().to_vec();
+        bytes.extend_from_slice(&p.payload[1..]);
+        bytes
+    };
+    assert!(
+        red.iter().all(|p| p.header.extensions.len() == 1),
+        "each packet carries its transport-wide sequence number"
+    );
+    let mut rebuilt = 0;
+    for p in &parity {
+        let fec = &p.payload[1..];
+        let sn_base = u16::from_be_bytes([fec[2], fec[3]]);
+        let n = p.header.sequence_number.wrapping_sub(sn_base);
+        let members: Vec<Vec<u8>> = (0..n)
+            .filter_map(|i| {
+                red.iter()
+                    .find(|m| m.header.sequence_number == sn_base.wrapping_add(i))
+                    .map(|m| as_received(m))
+            })
+            .collect();
+        if members.len() != n as usize {
+            continue;
+        }
+        for lost in 0..members.len() {
+            let mut head = [fec[0], fec[1]];
+            let mut ts = u32::from_be_bytes(fec[4..8].try_into().unwrap());
+            let mut length = u16::from_be_bytes([fec[8], fec[9]]);
+            let mut tail = fec[14..].to_vec();
+            for m in members
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != lost)
+                .map(|(_, m)| m)
+            {
+                head[0] ^= m[0];
+                head[1] ^= m[1];
+                ts ^= u32::from_be_bytes(m[4..8].try_into().unwrap());
+                length ^= (m.len() - 12) as u16;
+                for (a, b) in tail.iter_mut().zip(&m[12..]) {
+                    *a ^= b;
+                }
+            }
+            let want = &members[lost];
+            assert_eq!(head[0] & 0x3f, want[0] & 0x3f, "P, X, CC recovered");
+            assert_eq!(head[1], want[1], "M, PT recovered");
+            assert_eq!(ts.to_be_bytes(), want[4..8], "timestamp recovered");
+            assert_eq!(length as usize, want.len() - 12, "length recovered");
+            assert_eq!(
+                &tail[..want.len() - 12],
+                &want[12..],
+                "extensions and payload recovered"
+            );
+            rebuilt += 1;
+        }
+    }
+    assert!(rebuilt >= media / 2, "{rebuilt} packets rebuilt");
+    // Numbered without gaps (the three packets asked for were resent in between).
+    let first = net.clients[0].received[plain - 1]
+        .header
+        .sequence_number
+        .wrapping_add(1);
+    let mut seqs: Vec<u16> = got.iter().map(|p| p.header.sequence_number).collect();
+    seqs.retain(|s| s.wrapping_sub(first) < 0x8000);
+    seqs.sort_by_key(|s| s.wrapping_sub(first));
+    seqs.dedup();
+    for pair in seqs.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0].wrapping_add(1),
+            "continuous sequence numbers"
+        );
     }
 }
 

@@ -161,6 +161,11 @@ impl Collector for Snapshot {
                 r.dropped_packets,
             ),
             counter(
+                "fec_packets_total",
+                "ULPFEC parity packets sent to subscribers whose link loses packets",
+                r.fec_packets,
+            ),
+            counter(
                 "nacks_received_total",
                 "NACK feedback from subscribers",
                 r.nacks_received,
@@ -198,6 +203,15 @@ impl Collector for Snapshot {
                 &r.estimates
                     .iter()
                     .map(|(p, bps)| (p.to_string(), *bps))
+                    .collect::<Vec<_>>(),
+            ),
+            labelled_gauge(
+                "subscriber_fec_group",
+                "Video packets per ULPFEC parity packet towards each participant (0: none)",
+                "participant",
+                &r.fec_groups
+                    .iter()
+                    .map(|(p, group)| (p.to_string(), *group))
                     .collect::<Vec<_>>(),
             ),
             labelled_gauge(

@@ -209,11 +209,12 @@ export function describeSummary(q) {
 /**
  * A consult across an emulated link: medrelay listens on the link's host address, the
  * clinic (publisher, `width`x`height` ffmpeg clip) is in this namespace with an unimpaired
- * path, the specialist (subscriber, a small clip of its own) in the link's namespace.
+ * path, the specialist (subscriber, a small clip of its own) in the link's namespace;
+ * `serverArgs` are added to the server's command line.
  * Returns { link, server, clinic, specialist, reopenSpecialist(), close() }. Null when
  * ffmpeg is missing.
  */
-export async function startImpairedConsult({ name, room = name, width = 1280, height = 720, linkName = 'lemq', clinicId = 'dr-clinic', specialistId = 'dr-specialist' }) {
+export async function startImpairedConsult({ name, room = name, width = 1280, height = 720, linkName = 'lemq', clinicId = 'dr-clinic', specialistId = 'dr-specialist', serverArgs = [] }) {
   const clips = await makeFakeCaptureFiles({ width, height, seconds: 6 });
   if (!clips) return null;
   const small = await makeFakeCaptureFiles({ width: 320, height: 180, seconds: 4 });
@@ -231,7 +232,7 @@ export async function startImpairedConsult({ name, room = name, width = 1280, he
   try {
     env.link = await makeEmulatedLink({ name: linkName });
     // Plain HTTP off loopback needs --insecure, and the page a secure origin for getUserMedia.
-    env.server = await startServer({ name, host: env.link.hostIp, extraArgs: ['--insecure'] });
+    env.server = await startServer({ name, host: env.link.hostIp, extraArgs: ['--insecure', ...serverArgs] });
     const secure = `--unsafely-treat-insecure-origin-as-secure=${env.server.url}`;
     env.pubBrowser = await launchBrowser({ extraArgs: [...clips.chromiumArgs, secure] });
     env.subBrowser = await launchBrowser({ netns: env.link.ns, extraArgs: [...small.chromiumArgs, secure] });
