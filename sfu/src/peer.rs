@@ -3,8 +3,10 @@
 //! default codecs (Opus, VP8, VP9, H.264, AV1) and the default interceptors (NACK generator
 //! and responder with its packet cache, RTCP reports, TWCC feedback), plus the marker that
 //! surfaces keyframe requests. Subscriber connections add send-side congestion control
-//! ([`bandwidth`](crate::bandwidth)), offer REMB for peers without transport-cc, and offer
-//! RED and ULPFEC for the parity packets sent to lossy subscribers ([`fec`](crate::fec)).
+//! ([`bandwidth`](crate::bandwidth)), offer REMB for peers without transport-cc, and, with
+//! parity on, RED and ULPFEC for the parity packets sent to lossy subscribers
+//! ([`fec`](crate::fec)). Only then: a browser that is offered them expects the repair to
+//! come from parity and waits less for retransmissions.
 
 use crate::SfuError;
 use crate::bandwidth::Estimate;
@@ -33,7 +35,8 @@ const RED_PAYLOAD_TYPE: u8 = 116;
 const ULPFEC_PAYLOAD_TYPE: u8 = 117;
 
 /// Builds an ICE-lite peer connection whose only candidate is `media_addr`. A subscriber
-/// connection passes the [`Estimate`] its congestion controller is to publish into.
+/// connection passes the [`Estimate`] its congestion controller is to publish into, and
+/// `fec` to offer RED and ULPFEC.
 ///
 /// Its ICE credentials are the agent's own random ones, so that an ICE restart draws fresh
 /// ones too; the router reads the local ufrag from each local description it sets.
@@ -41,6 +44,7 @@ pub(crate) fn build(
     now: Instant,
     media_addr: SocketAddr,
     estimate: Option<&Estimate>,
+    fec: bool,
 ) -> Result<RTCPeerConnection, SfuError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
@@ -69,7 +73,9 @@ pub(crate) fn build(
             },
             RtpCodecKind::Video,
         );
-        // Only towards subscribers: a publisher offered them would wrap its own video in RED.
+    }
+    // Only towards subscribers: a publisher offered them would wrap its own video in RED.
+    if let (Some(_), true) = (estimate, fec) {
         for (mime_type, payload_type) in [
             (MIME_TYPE_RED, RED_PAYLOAD_TYPE),
             (MIME_TYPE_ULP_FEC, ULPFEC_PAYLOAD_TYPE),

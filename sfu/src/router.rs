@@ -498,7 +498,12 @@ impl Router {
         }
         let id = info.id;
         let estimate = Estimate::new();
-        let mut new_peer = peer::build(now, self.config.media_addr, Some(&estimate))?;
+        let mut new_peer = peer::build(
+            now,
+            self.config.media_addr,
+            Some(&estimate),
+            self.config.fec,
+        )?;
         let chat = new_peer.create_data_channel("chat", None)?.id();
         let room_members = self.rooms.entry(info.room.clone()).or_default();
         let existing: Vec<TrackKey> = self
@@ -560,7 +565,7 @@ impl Router {
         let (sending, rids) = sending_tracks(&offer)?;
         let new_pc = participant.publisher.is_none();
         if new_pc {
-            participant.publisher = Some(peer::build(now, media_addr, None)?);
+            participant.publisher = Some(peer::build(now, media_addr, None, false)?);
         }
         let pc = participant
             .publisher
