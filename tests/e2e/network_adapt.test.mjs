@@ -27,7 +27,8 @@ const DOWN_WITHIN_S = 3;
 // browser's ramp-up of its own layers (`h` and `f` start 3-4 s after `q`). In about a
 // quarter of runs the specialist's picture stalls once for about 3 s some 7 s into the call,
 // on the clean link, with no layer change on the server; not explained yet (issue 6 note),
-// so phase 1 measures the call after that.
+// so phase 1 measures the call after that. Once in 25 runs it came later (16 s into the
+// call, in CI) and failed phase 1; that is left visible, not waited out.
 const WARM_UP_S = 15;
 // Without probing, the estimate climbs back slowly past the capacity it last saw (1 % a
 // second, so that an upgrade the path cannot carry is tried seldom): 24-26 s measured.
