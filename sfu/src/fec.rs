@@ -42,7 +42,8 @@ pub fn red(block_pt: u8, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// The parity being built over a run of one stream's packets (ULPFEC, one level, short mask).
+/// The parity being built over a run of one stream's packets (ULPFEC, one level, the 16- or
+/// 48-bit mask as the group's span needs).
 ///
 /// Feed each outgoing media packet to [`ParityGroup::protect`] in sending order; when a
 /// packet closes the group it returns the FEC payload to send (in RED, with the next
@@ -231,7 +232,7 @@ impl LossMeter {
     }
 
     /// The share asked to be resent over the window, once enough was sent to tell.
-    pub fn share(&mut self, now: Instant) -> Option<f64> {
+    fn share(&mut self, now: Instant) -> Option<f64> {
         self.roll(now);
         let (sent, asked) = self
             .buckets
@@ -509,5 +510,11 @@ mod tests {
         assert_eq!(meter.group_size(t12), None);
         // Nothing sent for a while: nothing to protect.
         assert_eq!(meter.group_size(t0 + Duration::from_secs(30)), None);
+        // A subscriber asking for more than it was sent counts as losing everything, no more.
+        let t40 = t0 + Duration::from_secs(40);
+        meter.on_sent(t40, 60);
+        meter.on_resend_asked(t40, 5_000);
+        assert_eq!(meter.share(t40), Some(1.0));
+        assert_eq!(meter.group_size(t40), Some(2));
     }
 }

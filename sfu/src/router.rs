@@ -1047,7 +1047,9 @@ impl Router {
                     } else if let Some(nack) = packet.as_any().downcast_ref::<TransportLayerNack>()
                     {
                         self.stats.nacks_received += 1;
-                        self.count_resend_requests(now, &track_key, id, nack);
+                        if self.config.fec {
+                            self.count_resend_requests(now, &track_key, id, nack);
+                        }
                     }
                 }
             }
@@ -1647,16 +1649,20 @@ impl Router {
             let ext_len = out.header.get_extension_payload_len();
             out.header.extensions_padding = (4 - ext_len % 4) % 4;
             let video = track.info.kind == TrackKind::Video;
+            // The parity covers the transport-cc extension with the zero value the receiver
+            // sees (it zeroes it to recover); the congestion controller then writes the real
+            // value in place. A packet whose extension cannot be set goes unprotected.
             let parity = match (p.fec_group, negotiated.fec) {
                 (Some(group), Some(pts))
-                    if video && !out.payload.is_empty() && !out.header.padding =>
+                    if video
+                        && !out.payload.is_empty()
+                        && !out.header.padding
+                        && negotiated.transport_cc_id.is_none_or(|id| {
+                            out.header
+                                .set_extension(id, Bytes::from_static(&[0, 0]))
+                                .is_ok()
+                        }) =>
                 {
-                    if let Some(id) = negotiated.transport_cc_id {
-                        // The parity covers this extension with the zero value the receiver
-                        // sees (it zeroes it to recover); the congestion controller then
-                        // writes the real value in place.
-                        let _ = out.header.set_extension(id, Bytes::from_static(&[0, 0]));
-                    }
                     let parity = sub.parity.protect(now, &out.header, &out.payload, group);
                     out.header.payload_type = pts.red;
                     out.payload = fec::red(pt, &out.payload);
@@ -1683,7 +1689,7 @@ impl Router {
                         Ok(()) => {
                             self.stats.forwarded_packets += 1;
                             self.stats.forwarded_bytes += payload_len;
-                            if video {
+                            if video && self.config.fec {
                                 p.loss.on_sent(now, 1);
                             }
                         }

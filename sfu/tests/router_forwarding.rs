@@ -8,6 +8,10 @@ use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    TransportLayerNack, nack_pairs_from_sequence_numbers,
+};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
@@ -225,6 +229,30 @@ impl Net {
         (viewer, publisher, pub_client, sender, ssrc)
     }
 
+    /// [`Net::viewer_and_publisher`], once both connections are up.
+    fn connected_viewer_and_publisher(
+        &mut self,
+    ) -> (ParticipantId, ParticipantId, usize, RTCRtpSenderId, u32) {
+        let parties = self.viewer_and_publisher();
+        assert!(
+            self.run_until(Duration::from_secs(5), |n| n.clients[0].connected
+                && n.clients[1].connected),
+            "both connections establish over ICE-lite and DTLS"
+        );
+        parties
+    }
+
+    /// Client `c` sends `packet` as feedback on its first received stream.
+    fn send_rtcp(&mut self, c: usize, packet: Box<dyn rtc::rtcp::Packet>) {
+        let now = self.now;
+        let pc = &mut self.clients[c].pc;
+        let receiver = pc.get_receivers().next().unwrap();
+        pc.rtp_receiver(receiver)
+            .unwrap()
+            .write_rtcp(now, vec![packet])
+            .unwrap();
+    }
+
     fn send_rtp(&mut self, c: usize, sender: RTCRtpSenderId, ssrc: u32, seq: u16, ts: u32) {
         let now = self.now;
         let pc = &mut self.clients[c].pc;
@@ -257,11 +285,7 @@ impl Net {
 #[test]
 fn a_lossy_subscriber_gets_its_video_in_red_with_parity_packets() {
     let mut net = Net::new();
-    let (viewer, _, pub_client, sender, ssrc) = net.viewer_and_publisher();
-    assert!(
-        net.run_until(Duration::from_secs(5), |n| n.clients[0].connected
-            && n.clients[1].connected)
-    );
+    let (viewer, _, pub_client, sender, ssrc) = net.connected_viewer_and_publisher();
     net.send_rtp(pub_client, sender, ssrc, 1000, 0);
     assert!(net.run_until(Duration::from_secs(1), |n| {
         n.events.iter().any(
@@ -300,21 +324,14 @@ fn a_lossy_subscriber_gets_its_video_in_red_with_parity_packets() {
         .iter()
         .map(|p| p.header.sequence_number)
         .collect();
-    let now = net.now;
-    let receiver = net.clients[0].pc.get_receivers().next().unwrap();
-    net.clients[0]
-        .pc
-        .rtp_receiver(receiver)
-        .unwrap()
-        .write_rtcp(
-            now,
-            vec![Box::new(rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
-                sender_ssrc: 1,
-                media_ssrc: out_ssrc,
-                nacks: rtc::rtcp::transport_feedbacks::transport_layer_nack::nack_pairs_from_sequence_numbers(&asked),
-            })],
-        )
-        .unwrap();
+    net.send_rtcp(
+        0,
+        Box::new(TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: out_ssrc,
+            nacks: nack_pairs_from_sequence_numbers(&asked),
+        }),
+    );
     // The next allocation (every 500 ms) turns protection on.
     frames(&mut net, 20);
     assert_eq!(net.router.stats().nacks_received, 1);
@@ -521,22 +538,13 @@ fn a_published_track_reaches_a_subscriber_rewritten_and_intact() {
     // The viewer asks for a keyframe: the router relays it to the publisher.
     let plis_before = net.router.stats().plis_sent;
     net.run_until(Duration::from_millis(400), |_| false);
-    let now = net.now;
-    let receiver = net.clients[0].pc.get_receivers().next().unwrap();
-    net.clients[0]
-        .pc
-        .rtp_receiver(receiver)
-        .unwrap()
-        .write_rtcp(
-            now,
-            vec![Box::new(
-                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
-                    sender_ssrc: 1,
-                    media_ssrc: out_ssrc,
-                },
-            )],
-        )
-        .unwrap();
+    net.send_rtcp(
+        0,
+        Box::new(PictureLossIndication {
+            sender_ssrc: 1,
+            media_ssrc: out_ssrc,
+        }),
+    );
     assert!(net.run_until(Duration::from_millis(200), |n| {
         n.router.stats().keyframe_requests_received >= 1
     }));
@@ -738,11 +746,7 @@ fn recorded_rooms_tap_their_tracks_packets() {
 #[test]
 fn a_resumed_subscriber_gets_media_again_after_an_ice_restart() {
     let mut net = Net::new();
-    let (viewer, _, pub_client, sender, ssrc) = net.viewer_and_publisher();
-    assert!(
-        net.run_until(Duration::from_secs(5), |n| n.clients[0].connected
-            && n.clients[1].connected)
-    );
+    let (viewer, _, pub_client, sender, ssrc) = net.connected_viewer_and_publisher();
     net.send_rtp(pub_client, sender, ssrc, 1, 0);
     net.run_until(Duration::from_secs(1), |n| !n.events.is_empty());
     let (old_offer, _) = net.take_offer(viewer).expect("an offer with the track");
