@@ -21,10 +21,11 @@ pub mod stream;
 pub mod viewer;
 
 use crate::wire::{self, GatewayControl, Layout, Payload, StreamId};
-use recorder::journal::{Journal, JournalError, JournalOptions};
+use recorder::journal::{FilesystemSync, Journal, JournalError, JournalOptions};
 use signaling::token::TokenKeys;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use stream::{AmbulanceStream, JournalRecord, record_kind};
@@ -47,8 +48,8 @@ pub struct GatewayConfig {
 /// A stream journal's data key, when the journal is sealed.
 type Seal = Option<Arc<recorder::journal_seal::JournalKey>>;
 
-/// Journal threads; each owns the journals of a share of the streams, so that their
-/// `fdatasync`s proceed in parallel.
+/// Journal threads; each owns the journals of a share of the streams, so that their syncs
+/// proceed in parallel.
 const JOURNAL_THREADS: usize = 2;
 /// A journal thread starts a batch at most this often (group commit): every stream it owns
 /// is synced at most once per period, however many frames arrive. A job someone waits on
@@ -142,6 +143,43 @@ enum Job {
     ),
 }
 
+/// The queue of one journal thread. Appends go in without waking the thread: it sleeps
+/// through the group commit period and takes the whole batch at once, so it wakes about
+/// twice per period however many frames arrive. A job someone waits on wakes it at once.
+struct JournalQueue {
+    jobs: std::sync::mpsc::Sender<Job>,
+    worker: std::thread::Thread,
+    urgent: Arc<AtomicBool>,
+}
+
+impl JournalQueue {
+    /// Starts a journal thread for `gw`.
+    fn spawn(telemetry_dir: PathBuf, gw: Weak<Gateway>) -> JournalQueue {
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let urgent = Arc::new(AtomicBool::new(false));
+        let flag = urgent.clone();
+        let worker = std::thread::Builder::new()
+            .name("telemetry-journal".into())
+            .spawn(move || durability_worker(rx, &flag, &telemetry_dir, gw))
+            .expect("spawn a journal thread")
+            .thread()
+            .clone();
+        JournalQueue {
+            jobs,
+            worker,
+            urgent,
+        }
+    }
+
+    fn send(&self, job: Job) {
+        let urgent = job.waited_on();
+        if self.jobs.send(job).is_ok() && urgent {
+            self.urgent.store(true, Ordering::Release);
+            self.worker.unpark();
+        }
+    }
+}
+
 impl Job {
     /// Whether someone waits for this job's result.
     fn waited_on(&self) -> bool {
@@ -160,7 +198,7 @@ pub struct Gateway {
     /// Serializes journal recovery so a stream is loaded once.
     loading: tokio::sync::Mutex<()>,
     /// One queue per journal thread; a stream's jobs always go to the same one.
-    jobs: Vec<std::sync::mpsc::Sender<Job>>,
+    jobs: Vec<JournalQueue>,
     summaries: Mutex<Arc<Vec<StreamSummary>>>,
     metrics: metrics::GatewayMetrics,
     /// Patients of HL7-fed streams, read from the data directory on first use.
@@ -174,27 +212,22 @@ impl Gateway {
     /// Starts the gateway: the durability worker thread and the timer task (silence alarms,
     /// the streams list). Call inside a tokio runtime.
     pub fn start(config: GatewayConfig, keys: TokenKeys) -> Arc<Gateway> {
-        let (jobs, queues): (Vec<_>, Vec<_>) = (0..JOURNAL_THREADS)
-            .map(|_| std::sync::mpsc::channel())
-            .unzip();
-        let gw = Arc::new(Gateway {
+        // A journal thread upgrades its `Weak` only after a batch, so never before `gw` is
+        // made.
+        let telemetry_dir = config.data_dir.join("telemetry");
+        let gw = Arc::new_cyclic(|weak| Gateway {
             config,
             keys,
             streams: Mutex::new(HashMap::new()),
             loading: tokio::sync::Mutex::new(()),
-            jobs,
+            jobs: (0..JOURNAL_THREADS)
+                .map(|_| JournalQueue::spawn(telemetry_dir.clone(), weak.clone()))
+                .collect(),
             summaries: Mutex::new(Arc::new(Vec::new())),
             metrics: metrics::GatewayMetrics::new(),
             patients: tokio::sync::Mutex::new(None),
             records: std::sync::OnceLock::new(),
         });
-        for rx in queues {
-            let weak = Arc::downgrade(&gw);
-            std::thread::Builder::new()
-                .name("telemetry-journal".into())
-                .spawn(move || durability_worker(rx, weak))
-                .expect("spawn a journal thread");
-        }
         tokio::spawn(timer(Arc::downgrade(&gw)));
         gw
     }
@@ -436,7 +469,7 @@ impl Gateway {
         .expect("record reading task")
     }
 
-    fn journal_queue(&self, id: &StreamId) -> &std::sync::mpsc::Sender<Job> {
+    fn journal_queue(&self, id: &StreamId) -> &JournalQueue {
         use std::hash::{BuildHasher, RandomState};
         static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
         let hash = HASHER.get_or_init(RandomState::new).hash_one(id);
@@ -546,30 +579,38 @@ fn recover(
 }
 
 /// Appends and syncs in batches; reports what became durable.
-fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
+fn durability_worker(
+    rx: std::sync::mpsc::Receiver<Job>,
+    urgent: &AtomicBool,
+    telemetry_dir: &Path,
+    gw: Weak<Gateway>,
+) {
+    // One `syncfs` per batch for all journals, or else an `fdatasync` per journal.
+    let filesystem = FilesystemSync::open(telemetry_dir).inspect_err(|e| {
+        warn!("journals are synced one by one: {e}");
+    });
     let mut journals: HashMap<StreamId, (Journal, Seal)> = HashMap::new();
     let mut last_batch: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
-        // Gather jobs until the group commit period has passed, or at once for a job
-        // someone waits on.
-        let mut jobs = vec![first];
-        if let Some(deadline) = last_batch.map(|t| t + GROUP_COMMIT) {
-            while !jobs.iter().any(Job::waited_on) {
+        // Sleep until the group commit period has passed, or not at all for a job someone
+        // waits on; the batch is everything queued by then.
+        if !first.waited_on()
+            && let Some(deadline) = last_batch.map(|t| t + GROUP_COMMIT)
+        {
+            loop {
                 let now = std::time::Instant::now();
-                if now >= deadline {
+                if now >= deadline || urgent.swap(false, Ordering::AcqRel) {
                     break;
                 }
-                match rx.recv_timeout(deadline - now) {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
+                std::thread::park_timeout(deadline - now);
             }
         }
+        urgent.store(false, Ordering::Release);
         last_batch = Some(std::time::Instant::now());
         let mut synced: HashMap<StreamId, u64> = HashMap::new();
         let mut failed: Vec<StreamId> = Vec::new();
         let mut reads = Vec::new();
-        for job in jobs.into_iter().chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
+        for job in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
             match job {
                 Job::Adopt(id, journal, seal) => {
                     journals.insert(id, (journal, seal));
@@ -618,17 +659,23 @@ fn durability_worker(rx: std::sync::mpsc::Receiver<Job>, gw: Weak<Gateway>) {
             }
         }
         let Some(gw) = gw.upgrade() else { return };
-        for (id, through) in synced {
-            if failed.contains(&id) {
-                continue;
-            }
-            let (journal, _) = journals.get_mut(&id).expect("appended above");
-            match journal.sync() {
-                Ok(()) if through > 0 => gw.synced(&id, through),
+        synced.retain(|id, _| !failed.contains(id));
+        let (ids, mut batch): (Vec<&StreamId>, Vec<&mut Journal>) = journals
+            .iter_mut()
+            .filter(|(id, _)| synced.contains_key(*id))
+            .map(|(id, (journal, _))| (id, journal))
+            .unzip();
+        let results = match &filesystem {
+            Ok(filesystem) => filesystem.sync(&mut batch),
+            Err(_) => batch.iter_mut().map(|journal| journal.sync()).collect(),
+        };
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(()) if synced[id] > 0 => gw.synced(id, synced[id]),
                 Ok(()) => {}
                 Err(e) => {
                     error!(stream = %id, "journal sync failed: {e}");
-                    failed.push(id);
+                    failed.push(id.clone());
                 }
             }
         }
