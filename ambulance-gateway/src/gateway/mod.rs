@@ -361,8 +361,7 @@ impl Gateway {
         if let Some(records) = self.records.get() {
             records.register_telemetry(id.as_str(), now_ms());
         }
-        let _ = self
-            .journal_queue(id)
+        self.journal_queue(id)
             .send(Job::Adopt(id.clone(), journal, seal));
         let slot = Arc::new(StreamSlot {
             state: Mutex::new(stream),
@@ -408,7 +407,7 @@ impl Gateway {
         let mut expired = Vec::new();
         for queue in &self.jobs {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let _ = queue.send(Job::Expire {
+            queue.send(Job::Expire {
                 cutoff,
                 keep: keep.clone(),
                 reply: tx,
@@ -434,8 +433,7 @@ impl Gateway {
     /// Hands records to the durability worker (synced with the next group commit).
     pub fn persist(&self, id: &StreamId, records: Vec<JournalRecord>) {
         if !records.is_empty() {
-            let _ = self
-                .journal_queue(id)
+            self.journal_queue(id)
                 .send(Job::Append(id.clone(), records, false));
         }
     }
@@ -444,8 +442,7 @@ impl Gateway {
     /// commit period: for a sender that waits for each acknowledgement (an HL7 monitor).
     pub fn persist_now(&self, id: &StreamId, records: Vec<JournalRecord>) {
         if !records.is_empty() {
-            let _ = self
-                .journal_queue(id)
+            self.journal_queue(id)
                 .send(Job::Append(id.clone(), records, true));
         }
     }
@@ -458,7 +455,7 @@ impl Gateway {
     ) -> Result<record::StreamRecord, JournalError> {
         self.load(id).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.journal_queue(id).send(Job::Read(id.clone(), tx));
+        self.journal_queue(id).send(Job::Read(id.clone(), tx));
         let (records, seal) = rx.await.map_err(|_| {
             JournalError::from(std::io::Error::other("the journal thread has stopped"))
         })??;
