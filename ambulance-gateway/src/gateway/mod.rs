@@ -55,7 +55,12 @@ const JOURNAL_THREADS: usize = 2;
 /// is synced at most once per period, however many frames arrive. A job someone waits on
 /// ([`Gateway::persist_now`], reads) starts the batch at once.
 const GROUP_COMMIT: Duration = Duration::from_millis(500);
-/// Most append jobs in one batch (one sync per stream per batch).
+/// How much lower than the rest of the server a journal thread runs (`nice`, per thread on
+/// Linux): its work can wait up to a group commit period, the live path cannot.
+const JOURNAL_NICE: i32 = 10;
+/// While it gathers a batch, a journal thread appends what has arrived this often.
+const APPEND_STEP: Duration = Duration::from_millis(20);
+/// Most append jobs taken at once (one sync per stream per batch).
 const MAX_BATCH_JOBS: usize = 1 << 20;
 
 /// Frames per second a ring buffer is sized for (25 waveform frames and a few numerics).
@@ -137,10 +142,7 @@ enum Job {
         reply: tokio::sync::oneshot::Sender<Vec<(StreamId, usize)>>,
     },
     /// A reader of the stream's durable records (answered after the batch's syncs).
-    Read(
-        StreamId,
-        tokio::sync::oneshot::Sender<Result<(recorder::journal::Records, Seal), JournalError>>,
-    ),
+    Read(StreamId, ReadReply),
 }
 
 /// The queue of one journal thread. Appends go in without waking the thread: it sleeps
@@ -576,12 +578,85 @@ fn recover(
 }
 
 /// Appends and syncs in batches; reports what became durable.
+/// What a journal thread gathered for one group commit.
+#[derive(Default)]
+struct Batch {
+    /// Streams appended to, with the last sequence number appended.
+    synced: HashMap<StreamId, u64>,
+    /// Streams whose journal failed.
+    failed: Vec<StreamId>,
+    /// Reads to answer after the sync.
+    reads: Vec<(StreamId, ReadReply)>,
+    /// Someone waits for a job of this batch: sync at once.
+    waited_on: bool,
+}
+
+/// The answer to [`Job::Read`].
+type ReadReply =
+    tokio::sync::oneshot::Sender<Result<(recorder::journal::Records, Seal), JournalError>>;
+
+impl Batch {
+    /// Does `job`: appends, adopts and expires at once; reads wait for the sync.
+    fn take(&mut self, job: Job, journals: &mut HashMap<StreamId, (Journal, Seal)>) {
+        self.waited_on |= job.waited_on();
+        match job {
+            Job::Adopt(id, journal, seal) => {
+                journals.insert(id, (journal, seal));
+            }
+            Job::Read(id, reply) => self.reads.push((id, reply)),
+            Job::Expire {
+                cutoff,
+                keep,
+                reply,
+            } => {
+                let mut expired = Vec::new();
+                for (id, (journal, _)) in journals.iter_mut().filter(|(id, _)| !keep.contains(id)) {
+                    match journal.expire_before(cutoff) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            info!(stream = %id, segments = n, "expired telemetry deleted");
+                            expired.push((id.clone(), n));
+                        }
+                        Err(e) => warn!(stream = %id, "expiring telemetry failed: {e}"),
+                    }
+                }
+                let _ = reply.send(expired);
+            }
+            Job::Append(id, records, _) => {
+                let Some((journal, seal)) = journals.get_mut(&id) else {
+                    return;
+                };
+                let entry = self.synced.entry(id.clone()).or_default();
+                for r in records {
+                    let appended = match seal {
+                        Some(key) => journal.append(r.kind, &key.seal(r.kind, &r.payload)),
+                        None => journal.append(r.kind, &r.payload),
+                    };
+                    if let Err(e) = appended {
+                        error!(stream = %id, "journal append failed: {e}");
+                        self.failed.push(id.clone());
+                        return;
+                    }
+                    if let Some(seq) = r.seq {
+                        *entry = (*entry).max(seq);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn durability_worker(
     rx: std::sync::mpsc::Receiver<Job>,
     urgent: &AtomicBool,
     telemetry_dir: &Path,
     gw: Weak<Gateway>,
 ) {
+    // The live path (ingest to viewers) waits for nobody; the journal's bursts (a batch's
+    // writes and sync every half second) can wait for it.
+    if let Err(e) = rustix::process::nice(JOURNAL_NICE) {
+        warn!("the journal thread keeps its priority: {e}");
+    }
     // One `syncfs` per batch for all journals, or else an `fdatasync` per journal.
     let filesystem = FilesystemSync::open(telemetry_dir).inspect_err(|e| {
         warn!("journals are synced one by one: {e}");
@@ -589,72 +664,34 @@ fn durability_worker(
     let mut journals: HashMap<StreamId, (Journal, Seal)> = HashMap::new();
     let mut last_batch: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
-        // Sleep until the group commit period has passed, or not at all for a job someone
-        // waits on; the batch is everything queued by then.
-        if !first.waited_on()
-            && let Some(deadline) = last_batch.map(|t| t + GROUP_COMMIT)
-        {
-            loop {
+        let mut batch = Batch::default();
+        batch.take(first, &mut journals);
+        // Until the group commit period has passed (or at once for a job someone waits on),
+        // append what arrives in small steps, so the work is spread over the period instead
+        // of taking a core in one burst; the thread wakes once per step, not per frame.
+        if let Some(deadline) = last_batch.map(|t| t + GROUP_COMMIT) {
+            while !batch.waited_on && !urgent.swap(false, Ordering::AcqRel) {
                 let now = std::time::Instant::now();
-                if now >= deadline || urgent.swap(false, Ordering::AcqRel) {
+                if now >= deadline {
                     break;
                 }
-                std::thread::park_timeout(deadline - now);
+                std::thread::park_timeout((deadline - now).min(APPEND_STEP));
+                for job in rx.try_iter().take(MAX_BATCH_JOBS) {
+                    batch.take(job, &mut journals);
+                }
             }
         }
         urgent.store(false, Ordering::Release);
         last_batch = Some(std::time::Instant::now());
-        let mut synced: HashMap<StreamId, u64> = HashMap::new();
-        let mut failed: Vec<StreamId> = Vec::new();
-        let mut reads = Vec::new();
-        for job in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH_JOBS)) {
-            match job {
-                Job::Adopt(id, journal, seal) => {
-                    journals.insert(id, (journal, seal));
-                }
-                Job::Read(id, reply) => reads.push((id, reply)),
-                Job::Expire {
-                    cutoff,
-                    keep,
-                    reply,
-                } => {
-                    let mut expired = Vec::new();
-                    for (id, (journal, _)) in
-                        journals.iter_mut().filter(|(id, _)| !keep.contains(id))
-                    {
-                        match journal.expire_before(cutoff) {
-                            Ok(0) => {}
-                            Ok(n) => {
-                                info!(stream = %id, segments = n, "expired telemetry deleted");
-                                expired.push((id.clone(), n));
-                            }
-                            Err(e) => warn!(stream = %id, "expiring telemetry failed: {e}"),
-                        }
-                    }
-                    let _ = reply.send(expired);
-                }
-                Job::Append(id, records, _) => {
-                    let Some((journal, seal)) = journals.get_mut(&id) else {
-                        continue;
-                    };
-                    let entry = synced.entry(id.clone()).or_default();
-                    for r in records {
-                        let appended = match seal {
-                            Some(key) => journal.append(r.kind, &key.seal(r.kind, &r.payload)),
-                            None => journal.append(r.kind, &r.payload),
-                        };
-                        if let Err(e) = appended {
-                            error!(stream = %id, "journal append failed: {e}");
-                            failed.push(id.clone());
-                            break;
-                        }
-                        if let Some(seq) = r.seq {
-                            *entry = (*entry).max(seq);
-                        }
-                    }
-                }
-            }
+        for job in rx.try_iter().take(MAX_BATCH_JOBS) {
+            batch.take(job, &mut journals);
         }
+        let Batch {
+            mut synced,
+            mut failed,
+            reads,
+            ..
+        } = batch;
         let Some(gw) = gw.upgrade() else { return };
         synced.retain(|id, _| !failed.contains(id));
         let (ids, mut batch): (Vec<&StreamId>, Vec<&mut Journal>) = journals
