@@ -18,6 +18,10 @@
 //! restart's checks (new credentials) always get through. A path silent for [`PATH_SILENT_AFTER`]
 //! gives way to the next address (a network change, which the page follows with an ICE
 //! restart).
+//!
+//! **UDP before TCP.** While a peer connection's checks over UDP get through, its checks over
+//! TCP (ICE-TCP, for clients whose UDP is blocked) go unanswered, so a browser that can use
+//! UDP never settles on a TCP pair that happened to become usable first.
 
 use crate::ParticipantId;
 use rtc::stun::attributes::ATTR_USERNAME;
@@ -49,6 +53,8 @@ pub struct Demuxer {
     by_addr: HashMap<SocketAddr, Path>,
     /// Each peer connection's current path.
     current: HashMap<PcKey, SocketAddr>,
+    /// When each peer connection last had a check over UDP answered, and its credentials.
+    last_udp_check: HashMap<PcKey, (Instant, String)>,
 }
 
 /// An address bound to a peer connection, and when it last carried a datagram.
@@ -75,13 +81,30 @@ impl Demuxer {
         self.by_ufrag.retain(|_, key| key.0 != id);
         self.by_addr.retain(|_, path| path.key.0 != id);
         self.current.retain(|key, _| key.0 != id);
+        self.last_udp_check.retain(|key, _| key.0 != id);
     }
 
-    /// The peer connection a datagram from `from` is for, if any.
-    pub fn route(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> Option<PcKey> {
+    /// The peer connection a datagram from `from` (over TCP: `tcp`) is for, if any.
+    pub fn route(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        tcp: bool,
+        datagram: &[u8],
+    ) -> Option<PcKey> {
         if is_stun_message(datagram)
             && let Some((key, ufrag)) = self.route_stun(datagram)
         {
+            // A browser whose checks over UDP get through uses UDP: its checks over TCP (for
+            // clients whose UDP is blocked) go unanswered meanwhile, so its media never takes
+            // a TCP pair just because it became usable first.
+            if tcp
+                && self.last_udp_check.get(&key).is_some_and(|(at, u)| {
+                    *u == ufrag && now.saturating_duration_since(*at) < PATH_SILENT_AFTER
+                })
+            {
+                return None;
+            }
             // Only checks with the current path's credentials are held: an ICE restart's
             // (new ufrag, often from new ports) must get through while the old path still
             // carries the media.
@@ -92,6 +115,9 @@ impl Demuxer {
                 .is_some_and(|path| path.ufrag == ufrag);
             if same_credentials && self.held_elsewhere(now, key, from) {
                 return None;
+            }
+            if !tcp {
+                self.last_udp_check.insert(key, (now, ufrag.clone()));
             }
             // A (re)bound address: a new path, or an ICE restart from the same address.
             let current = self.current.get(&key) == Some(&from);
@@ -180,15 +206,49 @@ mod tests {
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
 
         // DTLS before any check: unknown.
-        assert_eq!(demux.route(t0, from, &[22, 254, 253, 0, 0]), None);
+        assert_eq!(demux.route(t0, from, false, &[22, 254, 253, 0, 0]), None);
         assert_eq!(
-            demux.route(t0, from, &binding_request("abcd1234:remote")),
+            demux.route(t0, from, false, &binding_request("abcd1234:remote")),
             Some(key)
         );
-        assert_eq!(demux.route(t0, from, &[22, 254, 253, 0, 0]), Some(key));
+        assert_eq!(
+            demux.route(t0, from, false, &[22, 254, 253, 0, 0]),
+            Some(key)
+        );
         // Another address is not bound by the first one's check.
         let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        assert_eq!(demux.route(t0, other, &[128, 96, 0, 1]), None);
+        assert_eq!(demux.route(t0, other, false, &[128, 96, 0, 1]), None);
+    }
+
+    #[test]
+    fn tcp_checks_go_unanswered_while_udp_checks_get_through() {
+        let t0 = Instant::now();
+        let mut demux = Demuxer::default();
+        let key = (ParticipantId(4), PcKind::Publisher);
+        demux.register("ufragudp".into(), key);
+        let udp: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let tcp: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        // A client without UDP: TCP checks are answered.
+        assert_eq!(
+            demux.route(t0, tcp, true, &binding_request("ufragudp:x")),
+            Some(key)
+        );
+        // Its UDP checks get through, so its TCP ones are no longer answered.
+        assert_eq!(
+            demux.route(t0, udp, false, &binding_request("ufragudp:x")),
+            Some(key)
+        );
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(
+            demux.route(t1, tcp, true, &binding_request("ufragudp:x")),
+            None
+        );
+        // UDP stopped (a firewall, a new network): TCP is answered again.
+        let t2 = t0 + PATH_SILENT_AFTER + Duration::from_millis(1);
+        assert_eq!(
+            demux.route(t2, tcp, true, &binding_request("ufragudp:x")),
+            Some(key)
+        );
     }
 
     #[test]
@@ -197,13 +257,19 @@ mod tests {
         let mut demux = Demuxer::default();
         demux.register("abcd1234".into(), (ParticipantId(1), PcKind::Publisher));
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        assert_eq!(demux.route(t0, from, &binding_request("zzzz:remote")), None);
-        assert_eq!(demux.route(t0, from, &binding_request("no-colon")), None);
         assert_eq!(
-            demux.route(t0, from, b"\x00\x01garbage that is not stun"),
+            demux.route(t0, from, false, &binding_request("zzzz:remote")),
             None
         );
-        assert_eq!(demux.route(t0, from, &[]), None);
+        assert_eq!(
+            demux.route(t0, from, false, &binding_request("no-colon")),
+            None
+        );
+        assert_eq!(
+            demux.route(t0, from, false, b"\x00\x01garbage that is not stun"),
+            None
+        );
+        assert_eq!(demux.route(t0, from, false, &[]), None);
     }
 
     #[test]
@@ -214,9 +280,12 @@ mod tests {
         demux.register("oldufrag".into(), key);
         demux.register("newufrag".into(), key);
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        assert_eq!(demux.route(t0, from, &binding_request("oldufrag:x")), None);
         assert_eq!(
-            demux.route(t0, from, &binding_request("newufrag:x")),
+            demux.route(t0, from, false, &binding_request("oldufrag:x")),
+            None
+        );
+        assert_eq!(
+            demux.route(t0, from, false, &binding_request("newufrag:x")),
             Some(key)
         );
     }
@@ -228,12 +297,12 @@ mod tests {
         let key = (ParticipantId(9), PcKind::Publisher);
         demux.register("ufragufrag".into(), key);
         let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        demux.route(t0, from, &binding_request("ufragufrag:x"));
+        demux.route(t0, from, false, &binding_request("ufragufrag:x"));
         assert_eq!(demux.bound_addresses(), 1);
         demux.remove_participant(ParticipantId(9));
         assert_eq!(demux.bound_addresses(), 0);
         assert_eq!(
-            demux.route(t0, from, &binding_request("ufragufrag:x")),
+            demux.route(t0, from, false, &binding_request("ufragufrag:x")),
             None
         );
     }
@@ -248,26 +317,38 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:50001".parse().unwrap();
         let check = binding_request("ufrag5:remote");
         // Before any media both paths may be checked.
-        assert_eq!(demux.route(t0, lan, &check), Some(key));
-        assert_eq!(demux.route(t0, lo, &check), Some(key));
+        assert_eq!(demux.route(t0, lan, false, &check), Some(key));
+        assert_eq!(demux.route(t0, lo, false, &check), Some(key));
         // DTLS over the LAN pair makes it the path.
-        assert_eq!(demux.route(t0, lan, &[22, 254, 253, 0, 0]), Some(key));
+        assert_eq!(
+            demux.route(t0, lan, false, &[22, 254, 253, 0, 0]),
+            Some(key)
+        );
         let at = |ms| t0 + Duration::from_millis(ms);
-        assert_eq!(demux.route(at(100), lan, &[128, 96, 0, 1]), Some(key));
+        assert_eq!(
+            demux.route(at(100), lan, false, &[128, 96, 0, 1]),
+            Some(key)
+        );
         // The loopback pair's checks go unanswered while the LAN pair carries media, and its
         // datagrams do not move the path.
-        assert_eq!(demux.route(at(1000), lo, &check), None);
-        assert_eq!(demux.route(at(1100), lo, &[128, 96, 0, 1]), Some(key));
+        assert_eq!(demux.route(at(1000), lo, false, &check), None);
         assert_eq!(
-            demux.route(at(1900), lo, &check),
+            demux.route(at(1100), lo, false, &[128, 96, 0, 1]),
+            Some(key)
+        );
+        assert_eq!(
+            demux.route(at(1900), lo, false, &check),
             None,
             "the LAN path still carries media"
         );
         // The LAN path falls silent (the network changed): the other address takes over.
-        assert_eq!(demux.route(at(1100 + 2100), lo, &check), Some(key));
-        assert_eq!(demux.route(at(3300), lo, &[128, 96, 0, 1]), Some(key));
+        assert_eq!(demux.route(at(1100 + 2100), lo, false, &check), Some(key));
         assert_eq!(
-            demux.route(at(3400), lan, &check),
+            demux.route(at(3300), lo, false, &[128, 96, 0, 1]),
+            Some(key)
+        );
+        assert_eq!(
+            demux.route(at(3400), lan, false, &check),
             None,
             "now the LAN pair is the other one"
         );
@@ -282,16 +363,19 @@ mod tests {
         let old: SocketAddr = "10.0.0.2:50000".parse().unwrap();
         let new: SocketAddr = "10.0.0.2:50002".parse().unwrap();
         assert_eq!(
-            demux.route(t0, old, &binding_request("before:r1")),
+            demux.route(t0, old, false, &binding_request("before:r1")),
             Some(key)
         );
-        assert_eq!(demux.route(t0, old, &[128, 96, 0, 1]), Some(key));
-        assert_eq!(demux.route(t0, new, &binding_request("before:r1")), None);
+        assert_eq!(demux.route(t0, old, false, &[128, 96, 0, 1]), Some(key));
+        assert_eq!(
+            demux.route(t0, new, false, &binding_request("before:r1")),
+            None
+        );
         demux.register("after".into(), key);
         assert_eq!(
-            demux.route(t0, new, &binding_request("after:r2")),
+            demux.route(t0, new, false, &binding_request("after:r2")),
             Some(key)
         );
-        assert_eq!(demux.route(t0, new, &[128, 96, 0, 1]), Some(key));
+        assert_eq!(demux.route(t0, new, false, &[128, 96, 0, 1]), Some(key));
     }
 }

@@ -848,7 +848,10 @@ impl Router {
 
     /// Feeds one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, datagram: Datagram) {
-        let Some(key) = self.demux.route(now, datagram.remote, &datagram.data) else {
+        let Some(key) = self
+            .demux
+            .route(now, datagram.remote, datagram.tcp, &datagram.data)
+        else {
             self.stats.unroutable_datagrams += 1;
             return;
         };
