@@ -29,6 +29,7 @@ mod keyframe_relay;
 mod nack_limit;
 mod participant;
 mod peer;
+mod red_resend;
 pub mod rewrite;
 mod router;
 pub mod shell;

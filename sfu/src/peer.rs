@@ -5,13 +5,15 @@
 //! surfaces keyframe requests. Subscriber connections add send-side congestion control
 //! ([`bandwidth`](crate::bandwidth)), offer REMB for peers without transport-cc, and, with
 //! parity on, RED and ULPFEC for the parity packets sent to lossy subscribers
-//! ([`fec`](crate::fec)). Only then: a browser that is offered them expects the repair to
+//! ([`fec`](crate::fec)), with [`red_resend`](crate::red_resend) so that a RED packet is
+//! retransmitted as itself. Only then: a browser that is offered them expects the repair to
 //! come from parity and waits less for retransmissions.
 
 use crate::SfuError;
 use crate::bandwidth::Estimate;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
 use crate::nack_limit::NackBudget;
+use crate::red_resend;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{CongestionControlBuilder, Registry, Slot, TwccSenderBuilder};
@@ -76,6 +78,10 @@ pub(crate) fn build(
     }
     // Only towards subscribers: a publisher offered them would wrap its own video in RED.
     if let (Some(_), true) = (estimate, fec) {
+        registry = registry.with(
+            Slot::from(red_resend::SLOT),
+            red_resend::RedResend::new(RED_PAYLOAD_TYPE),
+        );
         for (mime_type, payload_type) in [
             (MIME_TYPE_RED, RED_PAYLOAD_TYPE),
             (MIME_TYPE_ULP_FEC, ULPFEC_PAYLOAD_TYPE),

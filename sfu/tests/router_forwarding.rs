@@ -456,6 +456,28 @@ fn a_lossy_subscriber_gets_its_video_in_red_with_parity_packets() {
             "continuous sequence numbers"
         );
     }
+    // A RED packet lost on the way and asked for again (by the client's NACK generator) comes
+    // back as itself (same SSRC, number, payload type and payload), not as RTX with the
+    // payload type of VP8's retransmissions.
+    let before = net.clients[0].received.len();
+    let lost = net.clients[0].received[before - 1]
+        .header
+        .sequence_number
+        .wrapping_add(1);
+    net.cut.push(0);
+    frames(&mut net, 1);
+    net.cut.clear();
+    frames(&mut net, 10);
+    let again: Vec<&rtc::rtp::Packet> = net.clients[0].received[before..]
+        .iter()
+        .filter(|p| p.header.sequence_number == lost)
+        .collect();
+    assert_eq!(again.len(), 1, "resent once");
+    assert_eq!(again[0].header.ssrc, out_ssrc);
+    assert_eq!(again[0].header.payload_type, red_pt);
+    assert_eq!(again[0].payload[0], vp8, "the lost frame's packet, in RED");
+    let first_after = net.clients[0].received[before].header.sequence_number;
+    assert_ne!(first_after, lost, "it came later than the next ones");
 }
 
 /// A subscriber (observer) and a publisher: the subscriber's connection comes up, it receives
