@@ -21,7 +21,8 @@
 //!
 //! **UDP before TCP.** While a peer connection's checks over UDP get through, its checks over
 //! TCP (ICE-TCP, for clients whose UDP is blocked) go unanswered, so a browser that can use
-//! UDP never settles on a TCP pair that happened to become usable first.
+//! UDP never settles on a TCP pair that happened to become usable first. A TCP path already
+//! carrying the connection keeps its answers: the `rtc` agent would not follow a move.
 
 use crate::ParticipantId;
 use rtc::stun::attributes::ATTR_USERNAME;
@@ -97,8 +98,10 @@ impl Demuxer {
         {
             // A browser whose checks over UDP get through uses UDP: its checks over TCP (for
             // clients whose UDP is blocked) go unanswered meanwhile, so its media never takes
-            // a TCP pair just because it became usable first.
+            // a TCP pair just because it became usable first. A TCP path already in use keeps
+            // its answers (its consent checks), as the `rtc` agent keeps the pair it selected.
             if tcp
+                && self.current.get(&key) != Some(&from)
                 && self.last_udp_check.get(&key).is_some_and(|(at, u)| {
                     *u == ufrag && now.saturating_duration_since(*at) < PATH_SILENT_AFTER
                 })
@@ -249,6 +252,27 @@ mod tests {
             demux.route(t2, tcp, true, &binding_request("ufragudp:x")),
             Some(key)
         );
+    }
+
+    #[test]
+    fn a_tcp_path_in_use_keeps_its_answers_while_udp_checks_get_through() {
+        let t0 = Instant::now();
+        let mut demux = Demuxer::default();
+        let key = (ParticipantId(6), PcKind::Publisher);
+        demux.register("ufragtcp".into(), key);
+        let udp: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let tcp: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let check = binding_request("ufragtcp:x");
+        // TCP came first and carries DTLS: it is the path.
+        assert_eq!(demux.route(t0, tcp, true, &check), Some(key));
+        assert_eq!(
+            demux.route(t0, tcp, true, &[22, 254, 253, 0, 0]),
+            Some(key)
+        );
+        // UDP checks arrive later; the TCP path's own checks are still answered.
+        let t1 = t0 + Duration::from_millis(300);
+        assert_eq!(demux.route(t1, udp, false, &check), None, "held: TCP carries it");
+        assert_eq!(demux.route(t1, tcp, true, &check), Some(key));
     }
 
     #[test]
