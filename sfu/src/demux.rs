@@ -265,13 +265,14 @@ mod tests {
         let check = binding_request("ufragtcp:x");
         // TCP came first and carries DTLS: it is the path.
         assert_eq!(demux.route(t0, tcp, true, &check), Some(key));
-        assert_eq!(
-            demux.route(t0, tcp, true, &[22, 254, 253, 0, 0]),
-            Some(key)
-        );
+        assert_eq!(demux.route(t0, tcp, true, &[22, 254, 253, 0, 0]), Some(key));
         // UDP checks arrive later; the TCP path's own checks are still answered.
         let t1 = t0 + Duration::from_millis(300);
-        assert_eq!(demux.route(t1, udp, false, &check), None, "held: TCP carries it");
+        assert_eq!(
+            demux.route(t1, udp, false, &check),
+            None,
+            "held: TCP carries it"
+        );
         assert_eq!(demux.route(t1, tcp, true, &check), Some(key));
     }
 
