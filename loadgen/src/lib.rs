@@ -126,6 +126,10 @@ pub struct Summary {
     pub total_received: u64,
     /// Packets missing from received sequences (over the whole run).
     pub lost_packets: u64,
+    /// Datagrams the kernel dropped at the load generator's own sockets (over the whole
+    /// run): the load generator fell behind, so the run overstates the SFU's losses by as
+    /// much (a NACK may still have repaired them).
+    pub socket_drops: u64,
     /// Share of received packets whose latency was measured.
     pub timed_share: f64,
     /// Latency added by the SFU, publisher socket to subscriber socket.
@@ -340,6 +344,7 @@ pub async fn run_observed(
         total_sent: meter.sent_packets.load(Ordering::Relaxed),
         total_received: meter.received_packets.load(Ordering::Relaxed),
         lost_packets: meter.lost_packets.load(Ordering::Relaxed),
+        socket_drops: meter.socket_drops.load(Ordering::Relaxed),
         timed_share: if received == 0 {
             0.0
         } else {

@@ -51,14 +51,22 @@ const READ_BATCH: usize = 32;
 /// A task merges its latencies into the meter at least this often.
 const MERGE_EVERY: Duration = Duration::from_millis(250);
 
-/// Reads one waiting datagram with the kernel's receive time (ns since the Unix epoch).
-fn try_recv(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr, Option<u64>)> {
+/// One datagram read from a peer's socket.
+struct Received {
+    len: usize,
+    from: SocketAddr,
+    /// When the kernel queued it, ns since the Unix epoch.
+    kernel_ns: Option<u64>,
+    /// Datagrams the kernel had dropped at this socket until then, its receive buffer
+    /// being full (`SO_RXQ_OVFL`; absent while none were).
+    socket_drops: Option<u32>,
+}
+
+/// Reads one waiting datagram with the kernel's receive time and the socket's drop count.
+fn try_recv(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
     socket.try_io(Interest::READABLE, || {
         let mut iov = [IoSliceMut::new(buf)];
-        let mut space = nix::cmsg_space!(TimeSpec);
+        let mut space = nix::cmsg_space!(TimeSpec, u32);
         let message = recvmsg::<SockaddrStorage>(
             socket.as_raw_fd(),
             &mut iov,
@@ -66,14 +74,16 @@ fn try_recv(
             MsgFlags::empty(),
         )
         .map_err(std::io::Error::from)?;
-        let at = message.cmsgs().ok().and_then(|mut cmsgs| {
-            cmsgs.find_map(|c| match c {
+        let (mut kernel_ns, mut socket_drops) = (None, None);
+        for c in message.cmsgs().into_iter().flatten() {
+            match c {
                 ControlMessageOwned::ScmTimestampns(ts) => {
-                    Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+                    kernel_ns = Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
                 }
-                _ => None,
-            })
-        });
+                ControlMessageOwned::RxqOvfl(n) => socket_drops = Some(n),
+                _ => {}
+            }
+        }
         let from = message
             .address
             .and_then(|a| {
@@ -81,7 +91,12 @@ fn try_recv(
                     .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
             })
             .ok_or_else(|| std::io::Error::other("a datagram without an IPv4 source"))?;
-        Ok((message.bytes, from, at))
+        Ok(Received {
+            len: message.bytes,
+            from,
+            kernel_ns,
+            socket_drops,
+        })
     })
 }
 
@@ -147,6 +162,9 @@ impl ClientPeer {
         // The kernel stamps each datagram as it reaches the socket: latency is measured to
         // the subscriber's socket, not to when this process got round to reading it.
         setsockopt(&socket, sockopt::ReceiveTimestampns, &true).map_err(std::io::Error::from)?;
+        // And counts what it drops when this process reads too slowly: the load generator's
+        // own overload, told apart from losses inside the SFU.
+        setsockopt(&socket, sockopt::RxqOvfl, &1).map_err(std::io::Error::from)?;
         let local = socket.local_addr()?;
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
@@ -259,6 +277,7 @@ impl ClientPeer {
             sequences: HashMap::new(),
             latencies: Histogram::new_with_max(60_000_000, 3).expect("valid bounds"),
             connected: false,
+            socket_drops: 0,
             next_merge: Instant::now() + MERGE_EVERY,
         };
         let mut buf = vec![0u8; 2048];
@@ -279,8 +298,9 @@ impl ClientPeer {
                         let now = Instant::now();
                         for _ in 0..READ_BATCH {
                             match try_recv(&self.socket, &mut buf) {
-                                Ok((n, from, kernel_ns)) => {
-                                    self.feed(now, from, &buf[..n]);
+                                Ok(Received { len, from, kernel_ns, socket_drops }) => {
+                                    self.feed(now, from, &buf[..len]);
+                                    state.socket_drops = state.socket_drops.max(socket_drops.unwrap_or(0));
                                     let at = kernel_ns.map_or_else(
                                         || state.timing.meter.wall_ns(),
                                         |ns| state.timing.meter.since_start(ns),
@@ -325,6 +345,11 @@ impl ClientPeer {
             .meter
             .lost_packets
             .fetch_add(lost, Ordering::Relaxed);
+        state
+            .timing
+            .meter
+            .socket_drops
+            .fetch_add(u64::from(state.socket_drops), Ordering::Relaxed);
         let _ = self.pc.close();
         self.drain(&mut state).await;
     }
@@ -522,6 +547,8 @@ struct PeerState {
     next_merge: Instant,
     /// The peer connection reached `connected` (media can flow).
     connected: bool,
+    /// Datagrams the kernel dropped at this peer's socket (its receive buffer was full).
+    socket_drops: u32,
 }
 
 impl PeerState {

@@ -69,6 +69,9 @@ pub struct Meter {
     pub timed_packets: AtomicU64,
     /// Received packets missing from their track's sequence (gaps never filled).
     pub lost_packets: AtomicU64,
+    /// Datagrams the kernel dropped at the load generator's own sockets because it read
+    /// them too slowly: its own overload, not the SFU's.
+    pub socket_drops: AtomicU64,
     /// Peer connections that reached `connected`.
     pub connected_peers: AtomicU64,
     /// Peer connections that failed.
@@ -92,6 +95,7 @@ impl Meter {
             received_bytes: AtomicU64::new(0),
             timed_packets: AtomicU64::new(0),
             lost_packets: AtomicU64::new(0),
+            socket_drops: AtomicU64::new(0),
             connected_peers: AtomicU64::new(0),
             failed_peers: AtomicU64::new(0),
             publishing: AtomicBool::new(true),

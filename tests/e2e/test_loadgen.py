@@ -58,10 +58,15 @@ def test_scenario_1_smoke_run_agrees_with_the_server():
         latency = summary["latency"]
         assert 0 < latency["p50_us"] <= latency["p99_us"] <= latency["max_us"]
         # The two counts of the same packets agree: publishers stop a second before
-        # subscribers, so nothing forwarded is still in flight when counting ends.
+        # subscribers, so nothing forwarded is still in flight when counting ends. What the
+        # kernel dropped at the load generator's own sockets (it read too slowly, on the
+        # same two cores as a debug-built server) is the only excuse for a packet the
+        # server forwarded and the load generator never counted.
         assert summary["total_received"] > 150_000
-        assert abs(forwarded - summary["total_received"]) <= 0.001 * forwarded, (
-            forwarded, summary["total_received"])
+        missing = forwarded - summary["total_received"]
+        slack = 0.001 * forwarded
+        assert -slack <= missing <= summary["socket_drops"] + slack, (
+            forwarded, summary["total_received"], summary["socket_drops"])
     finally:
         server.stop()
 
