@@ -170,9 +170,6 @@ const GROWTH_ABOVE_CAPACITY: f64 = 0.01;
 /// Past this multiple of the capacity last seen, that capacity says nothing any more and
 /// the bound climbs at [`GROWTH`] again.
 const CAPACITY_FORGOTTEN: f64 = 1.5;
-/// A cut for a standing queue is taken back unless the delay falls by half of
-/// [`QUEUE_DELAY`] within this time: a queue drains once less is sent, a longer path does not.
-const DRAIN_CHECK: Duration = Duration::from_secs(2);
 
 /// One reported packet, as the loss share and the sent rate need it.
 #[derive(Debug, Clone, Copy)]
@@ -204,9 +201,7 @@ pub(crate) enum Congestion {
 /// twice. On either it sets the bound to [`BACK_OFF`] times the rate that arrived over the
 /// last [`RATE_WINDOW`], and remembers that rate as the capacity. Without them it climbs by
 /// [`GROWTH`] a second, but by [`GROWTH_ABOVE_CAPACITY`] just above the capacity (up to
-/// [`CAPACITY_FORGOTTEN`] times it), where an upgrade would likely fill the path again. A cut
-/// for a standing queue after which the delay never falls (within [`DRAIN_CHECK`]) was a
-/// longer path, not a queue, and is taken back, capacity included.
+/// [`CAPACITY_FORGOTTEN`] times it), where an upgrade would likely fill the path again.
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryBound {
     bound: Option<f64>,
@@ -224,19 +219,6 @@ pub(crate) struct DeliveryBound {
     queue_delay: Duration,
     last_cut: Option<Instant>,
     last_growth: Option<Instant>,
-    /// After a cut for a standing queue, until it is confirmed: the delay then, and what to
-    /// go back to (bound and capacity) if it never drains.
-    unconfirmed: Option<Unconfirmed>,
-}
-
-/// A cut for a standing queue that has not yet been seen to drain the queue.
-#[derive(Debug, Clone, Copy)]
-struct Unconfirmed {
-    at: Instant,
-    /// The batch's smallest one-way delay when it was cut (same offset as `batch_delays`).
-    delay: f64,
-    bound: Option<f64>,
-    capacity: f64,
 }
 
 impl DeliveryBound {
@@ -279,22 +261,6 @@ impl DeliveryBound {
             }
         }
         self.trim(now);
-        if let Some(u) = self.unconfirmed {
-            if batch_min.is_some_and(|d| d < u.delay - QUEUE_DELAY.as_secs_f64() / 2.0) {
-                self.unconfirmed = None;
-            } else if now.saturating_duration_since(u.at) >= DRAIN_CHECK {
-                // Nothing drained: the path got longer (a handover, a new route). The
-                // delivered rate then dipped only while arrivals paused for the extra delay.
-                tracing::debug!(
-                    cut_to = ?self.bound,
-                    back_to = ?u.bound,
-                    "a standing-queue cut drained nothing (a longer path): taken back"
-                );
-                self.bound = u.bound;
-                self.capacity = u.capacity;
-                self.unconfirmed = None;
-            }
-        }
         let previous = self.batch_delays.back().map(|(_, d)| *d);
         let queued = batch_min.is_some_and(|delay| {
             self.batch_delays.push_back((now, delay));
@@ -334,15 +300,6 @@ impl DeliveryBound {
                 .last_cut
                 .is_none_or(|t| now.saturating_duration_since(t) >= CUT_INTERVAL);
             if let (true, Some(delivered)) = (may_cut, self.delivered_bps()) {
-                self.unconfirmed = match (standing, batch_min) {
-                    (true, Some(delay)) => Some(Unconfirmed {
-                        at: now,
-                        delay,
-                        bound: self.bound,
-                        capacity: self.capacity,
-                    }),
-                    _ => None,
-                };
                 self.capacity = delivered;
                 self.bound = Some((BACK_OFF * delivered).min(current).max(MIN_BPS as f64));
                 self.last_cut = Some(now);
@@ -625,23 +582,6 @@ mod tests {
         let mut call = Call::new(500_000.0, Some(33));
         for _ in 0..10 {
             call.run(Duration::from_secs(2), 300_000.0, 20_000);
-        }
-        assert_eq!(call.bound.bps(), None);
-    }
-
-    #[test]
-    fn a_longer_path_is_not_congestion_for_long() {
-        // A handover, or an emulated link switched on mid-call: the one-way delay steps up by
-        // 150 ms while the path carries everything sent. Arrivals pause for 150 ms, which can
-        // read as a standing queue; the cut drains nothing and is taken back.
-        let mut call = Call::new(10_000_000.0, Some(33));
-        call.link.delay = Duration::from_millis(10);
-        call.run(Duration::from_secs(3), 300_000.0, 0);
-        call.link.delay = Duration::from_millis(160);
-        call.run(Duration::from_secs(4), 300_000.0, 20_000);
-        assert_eq!(call.bound.bps(), None, "back to no bound within 4 s");
-        for _ in 0..5 {
-            call.run(Duration::from_secs(1), 300_000.0, 20_000);
         }
         assert_eq!(call.bound.bps(), None);
     }
