@@ -58,8 +58,8 @@ struct Received {
     /// When the kernel queued it, ns since the Unix epoch.
     kernel_ns: Option<u64>,
     /// Datagrams the kernel had dropped at this socket until then, its receive buffer
-    /// being full (`SO_RXQ_OVFL`; absent while none were).
-    socket_drops: Option<u32>,
+    /// being full (`SO_RXQ_OVFL`, which the kernel leaves out while it is 0).
+    socket_drops: u32,
 }
 
 /// Reads one waiting datagram with the kernel's receive time and the socket's drop count.
@@ -74,13 +74,13 @@ fn try_recv(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
             MsgFlags::empty(),
         )
         .map_err(std::io::Error::from)?;
-        let (mut kernel_ns, mut socket_drops) = (None, None);
+        let (mut kernel_ns, mut socket_drops) = (None, 0);
         for c in message.cmsgs().into_iter().flatten() {
             match c {
                 ControlMessageOwned::ScmTimestampns(ts) => {
                     kernel_ns = Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
                 }
-                ControlMessageOwned::RxqOvfl(n) => socket_drops = Some(n),
+                ControlMessageOwned::RxqOvfl(n) => socket_drops = n,
                 _ => {}
             }
         }
@@ -300,7 +300,7 @@ impl ClientPeer {
                             match try_recv(&self.socket, &mut buf) {
                                 Ok(Received { len, from, kernel_ns, socket_drops }) => {
                                     self.feed(now, from, &buf[..len]);
-                                    state.socket_drops = state.socket_drops.max(socket_drops.unwrap_or(0));
+                                    state.socket_drops = state.socket_drops.max(socket_drops);
                                     let at = kernel_ns.map_or_else(
                                         || state.timing.meter.wall_ns(),
                                         |ns| state.timing.meter.since_start(ns),
