@@ -17,8 +17,8 @@
 
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport};
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The highest estimate, in bits per second.
@@ -39,6 +39,9 @@ pub(crate) struct Estimate(Arc<Cell>);
 struct Cell {
     bps: AtomicU64,
     fed: AtomicBool,
+    /// Written by the inbound-RTCP interceptor, read by the estimator, both in the
+    /// connection's interceptor chain.
+    coverage: Mutex<FeedbackCoverage>,
 }
 
 impl Estimate {
@@ -46,7 +49,21 @@ impl Estimate {
         Self(Arc::new(Cell {
             bps: AtomicU64::new(INITIAL_BPS),
             fed: AtomicBool::new(false),
+            coverage: Mutex::new(FeedbackCoverage::default()),
         }))
+    }
+
+    /// Notes that a transport-cc feedback packet arrived covering `count` transport-wide
+    /// sequence numbers from `base` (called before the estimator sees it).
+    pub(crate) fn feedback_covered(&self, base: u16, count: u16) {
+        self.coverage().record(base, count);
+    }
+
+    fn coverage(&self) -> std::sync::MutexGuard<'_, FeedbackCoverage> {
+        self.0
+            .coverage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The congestion controller's target, in bits per second.
@@ -90,7 +107,8 @@ impl BandwidthEstimator for SharedGcc {
         self.gcc.on_reports(now, reports);
         if !reports.is_empty() {
             let current = self.target_bitrate();
-            if let Some(cause) = self.bound.on_reports(now, reports, current) {
+            let reported = self.estimate.coverage().reported(reports);
+            if let Some(cause) = self.bound.on_reports(now, &reported, current) {
                 tracing::debug!(
                     ?cause,
                     bound = self.bound.bps().map(|b| b as u64),
@@ -131,15 +149,61 @@ impl BandwidthEstimator for SharedGcc {
     }
 }
 
+/// Transport-cc feedback packets whose coverage is remembered (a few seconds' worth).
+const COVERAGE_KEPT: usize = 128;
+
+/// The transport-wide sequence numbers that recent transport-cc feedback packets covered.
+///
+/// The `rtc` crate reports a packet that no feedback named as lost once a later one has
+/// arrived. A browser reports each packet once, though, so a feedback packet lost on its way
+/// back leaves every packet it covered unreported, not lost: on a link that loses 3 % each
+/// way, two lost feedback packets in one second read as a quarter of the video lost, and
+/// the estimate was cut to a fifth of the link.
+#[derive(Debug, Default)]
+pub(crate) struct FeedbackCoverage {
+    /// (base sequence number, count) of the last [`COVERAGE_KEPT`] feedback packets.
+    ranges: VecDeque<(u16, u16)>,
+}
+
+impl FeedbackCoverage {
+    /// Notes a feedback packet covering `count` sequence numbers from `base`.
+    pub(crate) fn record(&mut self, base: u16, count: u16) {
+        if self.ranges.len() == COVERAGE_KEPT {
+            self.ranges.pop_front();
+        }
+        self.ranges.push_back((base, count));
+    }
+
+    /// Whether some recent feedback packet covered `sequence_number`.
+    pub(crate) fn covers(&self, sequence_number: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(base, count)| sequence_number.wrapping_sub(base) < count)
+    }
+
+    /// `reports` without the transport-wide packets that no feedback covered (neither
+    /// arrived nor lost as far as anyone knows).
+    pub(crate) fn reported(&self, reports: &[PacketReport]) -> Vec<PacketReport> {
+        reports
+            .iter()
+            .filter(|r| r.arrived || !r.is_twcc || self.covers(r.twcc_sequence_number))
+            .cloned()
+            .collect()
+    }
+}
+
 /// A queue standing longer than this, above the path's smallest delay, is congestion.
 const QUEUE_DELAY: Duration = Duration::from_millis(80);
 /// How long the queue must stand: a keyframe's burst queues briefly and drains.
 const QUEUE_STANDING: Duration = Duration::from_millis(300);
 /// A queue whose delay fell by this much since the last batch is draining, not standing.
 const DRAINING: Duration = Duration::from_millis(20);
-/// A standing queue is congestion only while the path delivers less than this share of
-/// what is sent.
+/// A standing queue is congestion while the packets that arrive come in at less than this
+/// share of the rate they left at (it still grows) ...
 const SHORTFALL: f64 = 0.95;
+/// ... or while more than this share of them is lost (it is full and drops its tail; a radio
+/// link loses a few per cent without a queue).
+const QUEUE_LOSS: f64 = 0.10;
 /// Loss above this share of the last second's packets is congestion: a link sent a third
 /// more than it carries drops that much from its full queue. Smaller overloads show as a
 /// standing queue first. The share is high because a radio link loses a few per cent
@@ -148,6 +212,9 @@ const SHORTFALL: f64 = 0.95;
 const HEAVY_LOSS: f64 = 0.25;
 /// Packets the loss share needs before it means anything.
 const LOSS_MIN_PACKETS: usize = 40;
+/// Packets sent since a queue appeared that are needed to tell an overload from a longer
+/// path.
+const QUEUE_MIN_PACKETS: usize = 20;
 /// Packets a stream needs in the window for its own loss share to count.
 const LOSS_MIN_STREAM_PACKETS: usize = 10;
 /// The window the loss share is measured over (by departure).
@@ -175,9 +242,18 @@ const CAPACITY_FORGOTTEN: f64 = 1.5;
 #[derive(Debug, Clone, Copy)]
 struct Fate {
     departure: Instant,
-    arrived: bool,
+    /// Receiver time, if it arrived.
+    arrival: Option<Duration>,
     bytes: usize,
     ssrc: u32,
+}
+
+/// What a queue that stood says of the path.
+enum QueueSign {
+    /// More is sent than the path carries; it delivers this many bits per second.
+    Overload { delivered: f64 },
+    /// The path carries what is sent; its delay grew (a handover, a new route).
+    LongerPath,
 }
 
 /// Why a [`DeliveryBound`] was cut.
@@ -193,15 +269,20 @@ pub(crate) enum Congestion {
 /// A cap on the estimate from what the path delivers (sans-IO: feedback and time in, a
 /// bitrate out).
 ///
-/// It watches two signs of a full path in transport-cc feedback: a queue that stands (the
-/// smallest one-way delay of a feedback batch stays [`QUEUE_DELAY`] above the smallest seen
-/// for [`QUEUE_STANDING`], without draining, and under [`SHORTFALL`] of what is sent
-/// arrives) and heavy loss (over [`HEAVY_LOSS`] of the last second's packets, in every
-/// stream). Only packets sent since the last cut count, so one congestion is not cut for
-/// twice. On either it sets the bound to [`BACK_OFF`] times the rate that arrived over the
-/// last [`RATE_WINDOW`], and remembers that rate as the capacity. Without them it climbs by
-/// [`GROWTH`] a second, but by [`GROWTH_ABOVE_CAPACITY`] just above the capacity (up to
-/// [`CAPACITY_FORGOTTEN`] times it), where an upgrade would likely fill the path again.
+/// It watches two signs of a full path in transport-cc feedback. One is a queue that
+/// stands: the smallest one-way delay of a feedback batch stays [`QUEUE_DELAY`] above the
+/// smallest seen for [`QUEUE_STANDING`], without draining, and the packets sent since it
+/// appeared show an overload (they arrive spread out, under [`SHORTFALL`] of the pace they
+/// left at, or over [`QUEUE_LOSS`] of them are lost). A queue that stands without those is
+/// a longer path (a handover, a link shaped mid-call): its delay becomes the new base and a
+/// real queue behind it is measured from there. The other is heavy loss (over
+/// [`HEAVY_LOSS`] of the last second's packets, in every stream). Only packets sent since
+/// the last cut count, so one congestion is not cut for twice. On either it sets the bound
+/// to [`BACK_OFF`] times the rate that arrived (of the packets sent since the queue
+/// appeared, or over the last [`RATE_WINDOW`] of arrivals), and remembers that rate as the
+/// capacity. Without them it climbs by [`GROWTH`] a second, but by [`GROWTH_ABOVE_CAPACITY`]
+/// just above the capacity (up to [`CAPACITY_FORGOTTEN`] times it), where an upgrade would
+/// likely fill the path again.
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryBound {
     bound: Option<f64>,
@@ -214,7 +295,11 @@ pub(crate) struct DeliveryBound {
     /// each batch, for the base delay over [`BASE_DELAY_WINDOW`].
     batch_delays: VecDeque<(Instant, f64)>,
     epoch: Option<Instant>,
+    /// Since when (feedback time) the queue has stood.
     queue_since: Option<Instant>,
+    /// The first departure of the batch that first showed it: the packets it covers all
+    /// left after any step in the path's delay.
+    queue_from: Option<Instant>,
     /// The last batch's smallest delay above the base.
     queue_delay: Duration,
     last_cut: Option<Instant>,
@@ -239,13 +324,14 @@ impl DeliveryBound {
         // Departures are measured from the first one reported (reports come in send order).
         let epoch = *self.epoch.get_or_insert(first.departure);
         let mut batch_min: Option<f64> = None;
+        let mut batch_from: Option<Instant> = None;
         for r in reports {
             // What was sent before the last cut shows the old rate's queue and loss.
             let fresh = self.after_last_cut(r);
             if fresh {
                 self.fates.push_back(Fate {
                     departure: r.departure,
-                    arrived: r.arrived,
+                    arrival: r.arrival.filter(|_| r.arrived),
                     bytes: r.size,
                     ssrc: r.ssrc,
                 });
@@ -255,6 +341,7 @@ impl DeliveryBound {
             };
             self.arrivals.push_back((arrival, r.size));
             if fresh {
+                batch_from.get_or_insert(r.departure);
                 let sent = r.departure.saturating_duration_since(epoch).as_secs_f64();
                 let delay = arrival.as_secs_f64() - sent;
                 batch_min = Some(batch_min.map_or(delay, |m: f64| m.min(delay)));
@@ -274,19 +361,35 @@ impl DeliveryBound {
             self.queue_delay > QUEUE_DELAY && !draining
         });
         if queued {
-            self.queue_since.get_or_insert(now);
+            if self.queue_since.is_none() {
+                self.queue_since = Some(now);
+                self.queue_from = batch_from;
+            }
         } else if batch_min.is_some() {
             self.queue_since = None;
         }
-        // A queue that stands while the path delivers what is sent is a longer path or a
-        // stall of the receiver, not an overload: cutting would not drain it.
-        let standing = self
+        let stood = self
             .queue_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= QUEUE_STANDING)
-            && match (self.delivered_bps(), self.sent_bps()) {
-                (Some(delivered), Some(sent)) => delivered < SHORTFALL * sent,
-                _ => false,
-            };
+            .is_some_and(|since| now.saturating_duration_since(since) >= QUEUE_STANDING);
+        let mut shortfall = None;
+        if stood {
+            match self.queue_sign() {
+                Some(QueueSign::Overload { delivered }) => shortfall = Some(delivered),
+                Some(QueueSign::LongerPath) => {
+                    // The path delivers what is sent: it got longer (a handover, a new route,
+                    // a link shaped mid-call), or the receiver stalled. Cutting would not
+                    // drain it; its delay is the new base.
+                    tracing::debug!(
+                        queue_ms = self.queue_delay.as_millis() as u64,
+                        "a longer path, not a queue"
+                    );
+                    self.batch_delays.clear();
+                    self.queue_since = None;
+                }
+                None => {}
+            }
+        }
+        let standing = shortfall.is_some();
         let congestion = match self.loss_share() {
             _ if standing => Some(Congestion::StandingQueue(self.queue_delay)),
             Some(share) if share > HEAVY_LOSS => Some(Congestion::HeavyLoss {
@@ -299,16 +402,16 @@ impl DeliveryBound {
             let may_cut = self
                 .last_cut
                 .is_none_or(|t| now.saturating_duration_since(t) >= CUT_INTERVAL);
-            if let (true, Some(delivered)) = (may_cut, self.delivered_bps()) {
+            if let (true, Some(delivered)) = (may_cut, shortfall.or_else(|| self.delivered_bps())) {
                 self.capacity = delivered;
                 self.bound = Some((BACK_OFF * delivered).min(current).max(MIN_BPS as f64));
                 self.last_cut = Some(now);
                 self.fates.clear();
                 self.queue_since = None;
                 if standing {
-                    // The delay measured from here on is the new base: a queue drains below
-                    // it as the lower rate takes effect, while a longer path (a handover, a
-                    // new route) would otherwise look like a queue that never drains.
+                    // The delay measured from here on is the new base: the queue drains below
+                    // it as the lower rate takes effect, while the part of it that was a
+                    // longer path stays and must not read as a queue that never drains.
                     self.batch_delays.clear();
                 }
                 self.last_growth = Some(now);
@@ -374,78 +477,103 @@ impl DeliveryBound {
         }
     }
 
-    /// The share of the last second's reported packets that did not arrive.
-    ///
-    /// It is the lowest share among the streams with [`LOSS_MIN_STREAM_PACKETS`]: a full
-    /// queue drops from every stream alike, while one stream can lose packets where the
-    /// path is not full (seen in the end-to-end tests: a forwarded video reported a quarter
-    /// of its packets lost on a clean link while the audio beside it lost none).
+    /// The share of the last second's reported packets that did not arrive, once there are
+    /// [`LOSS_MIN_PACKETS`] of them.
     fn loss_share(&self) -> Option<f64> {
-        if self.fates.len() < LOSS_MIN_PACKETS {
-            return None;
-        }
-        let mut streams: Vec<(u32, usize, usize)> = Vec::new(); // (ssrc, lost, total)
-        for f in &self.fates {
-            let i = match streams.iter().position(|s| s.0 == f.ssrc) {
-                Some(i) => i,
-                None => {
-                    streams.push((f.ssrc, 0, 0));
-                    streams.len() - 1
-                }
-            };
-            streams[i].1 += usize::from(!f.arrived);
-            streams[i].2 += 1;
-        }
-        streams
-            .iter()
-            .filter(|(_, _, total)| *total >= LOSS_MIN_STREAM_PACKETS)
-            .map(|&(_, lost, total)| lost as f64 / total as f64)
-            .min_by(f64::total_cmp)
+        (self.fates.len() >= LOSS_MIN_PACKETS)
+            .then(|| loss_share(self.fates.iter()))
+            .flatten()
     }
 
     fn longest_loss_run(&self) -> usize {
         let (mut run, mut longest) = (0, 0);
         for f in &self.fates {
-            run = if f.arrived { 0 } else { run + 1 };
+            run = if f.arrival.is_some() { 0 } else { run + 1 };
             longest = longest.max(run);
         }
         longest
     }
 
-    /// The rate sent over the last [`RATE_WINDOW`] of reported departures since the last
-    /// cut, in bits per second.
-    fn sent_bps(&self) -> Option<f64> {
-        let last = self.fates.back()?.departure;
-        let recent = self
-            .fates
-            .iter()
-            .filter(|f| last.saturating_duration_since(f.departure) <= RATE_WINDOW)
-            .map(|f| (f.departure, f.bytes));
-        let mut first = None;
-        let mut bytes = 0;
-        for (departure, size) in recent {
-            // The first packet's bytes left before the span began.
-            match first {
-                None => first = Some(departure),
-                Some(_) => bytes += size,
-            }
+    /// What the packets sent since the queue appeared say of it, once there are
+    /// [`QUEUE_MIN_PACKETS`] of them. Only those count, so the gap in arrivals that a step in
+    /// the path's delay leaves is not read as a slow path.
+    ///
+    /// It is an overload when the packets that arrived came in more slowly than they left
+    /// (under [`SHORTFALL`]: the queue still grows) or when over [`QUEUE_LOSS`] of them were
+    /// lost (the queue is full and drops its tail). Otherwise the path is just longer.
+    fn queue_sign(&self) -> Option<QueueSign> {
+        let from = self.queue_from?;
+        let queued: Vec<&Fate> = self.fates.iter().filter(|f| f.departure >= from).collect();
+        if queued.len() < QUEUE_MIN_PACKETS {
+            return None;
         }
-        let span = last.saturating_duration_since(first?);
-        (span >= MIN_RATE_SPAN).then(|| bytes as f64 * 8.0 / span.as_secs_f64())
+        let delivered = rate(queued.iter().filter_map(|f| Some((f.arrival?, f.bytes))))?;
+        // (departure, arrival) of each packet that arrived.
+        let arrived: Vec<(Duration, Duration)> = queued
+            .iter()
+            .filter_map(|f| Some((f.departure - from, f.arrival?)))
+            .collect();
+        let spread = |time: fn(&(Duration, Duration)) -> Duration| {
+            let (first, last) = (
+                arrived.iter().map(time).min(),
+                arrived.iter().map(time).max(),
+            );
+            last.unwrap_or_default() - first.unwrap_or_default()
+        };
+        let (left_over, came_over) = (spread(|p| p.0), spread(|p| p.1));
+        let tail_drop = loss_share(queued.into_iter()).is_some_and(|share| share > QUEUE_LOSS);
+        Some(
+            if tail_drop || left_over.as_secs_f64() < SHORTFALL * came_over.as_secs_f64() {
+                QueueSign::Overload { delivered }
+            } else {
+                QueueSign::LongerPath
+            },
+        )
     }
 
     /// The rate that arrived over the last [`RATE_WINDOW`] of arrivals, in bits per second.
     fn delivered_bps(&self) -> Option<f64> {
-        let (first, _) = *self.arrivals.front()?;
-        let (last, _) = *self.arrivals.back()?;
-        let span = last.saturating_sub(first);
-        if span < MIN_RATE_SPAN {
-            return None;
-        }
-        // The first packet's bytes arrived before the span began.
-        let bytes: usize = self.arrivals.iter().skip(1).map(|(_, size)| size).sum();
-        Some(bytes as f64 * 8.0 / span.as_secs_f64())
+        rate(self.arrivals.iter().copied())
     }
+}
+
+/// The share of `fates` that did not arrive: the lowest share among the streams with
+/// [`LOSS_MIN_STREAM_PACKETS`] (None without one). A full queue drops from every stream
+/// alike, while one stream can lose packets where the path is not full (seen in the
+/// end-to-end tests: a forwarded video reported a quarter of its packets lost on a clean
+/// link while the audio beside it lost none).
+fn loss_share<'a>(fates: impl Iterator<Item = &'a Fate>) -> Option<f64> {
+    let mut streams: Vec<(u32, usize, usize)> = Vec::new(); // (ssrc, lost, total)
+    for f in fates {
+        let i = match streams.iter().position(|s| s.0 == f.ssrc) {
+            Some(i) => i,
+            None => {
+                streams.push((f.ssrc, 0, 0));
+                streams.len() - 1
+            }
+        };
+        streams[i].1 += usize::from(f.arrival.is_none());
+        streams[i].2 += 1;
+    }
+    streams
+        .iter()
+        .filter(|(_, _, total)| *total >= LOSS_MIN_STREAM_PACKETS)
+        .map(|&(_, lost, total)| lost as f64 / total as f64)
+        .min_by(f64::total_cmp)
+}
+
+/// The rate of packets given as (time, bytes), in bits per second, once they span
+/// [`MIN_RATE_SPAN`]. The first packet's bytes went before the span began.
+fn rate(mut packets: impl Iterator<Item = (Duration, usize)>) -> Option<f64> {
+    let (first, _) = packets.next()?;
+    let (mut earliest, mut latest, mut bytes) = (first, first, 0);
+    for (at, size) in packets {
+        earliest = earliest.min(at);
+        latest = latest.max(at);
+        bytes += size;
+    }
+    let span = latest - earliest;
+    (span >= MIN_RATE_SPAN).then(|| bytes as f64 * 8.0 / span.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -475,6 +603,14 @@ mod tests {
         in_flight: Vec<PacketReport>,
         next_id: u64,
         next_feedback: Instant,
+        /// Every n-th feedback packet is lost on its way back.
+        lose_feedback_every: Option<u64>,
+        feedbacks: u64,
+        /// Packets whose feedback was lost: the `rtc` crate reports them as lost with the
+        /// next feedback that arrives.
+        unreported: Vec<PacketReport>,
+        /// What feedback covered, when the estimator is told (as in the connection).
+        coverage: Option<FeedbackCoverage>,
     }
 
     impl Call {
@@ -495,6 +631,10 @@ mod tests {
                 in_flight: Vec::new(),
                 next_id: 0,
                 next_feedback: epoch,
+                lose_feedback_every: None,
+                feedbacks: 0,
+                unreported: Vec::new(),
+                coverage: None,
             }
         }
 
@@ -561,7 +701,28 @@ mod tests {
             else {
                 return;
             };
-            let reports: Vec<PacketReport> = self.in_flight.drain(..=last_arrived).collect();
+            let covered: Vec<PacketReport> = self.in_flight.drain(..=last_arrived).collect();
+            self.feedbacks += 1;
+            if self
+                .lose_feedback_every
+                .is_some_and(|n| self.feedbacks.is_multiple_of(n))
+            {
+                self.unreported
+                    .extend(covered.into_iter().map(|r| PacketReport {
+                        arrived: false,
+                        arrival: None,
+                        ..r
+                    }));
+                return;
+            }
+            if let Some(coverage) = &mut self.coverage {
+                coverage.record(covered[0].twcc_sequence_number, covered.len() as u16);
+            }
+            let mut reports = std::mem::take(&mut self.unreported);
+            reports.extend(covered);
+            if let Some(coverage) = &self.coverage {
+                reports = coverage.reported(&reports);
+            }
             let current = self.bound.bps().unwrap_or(MAX_BPS as f64);
             self.bound.on_reports(self.now, &reports, current);
         }
@@ -584,6 +745,86 @@ mod tests {
             call.run(Duration::from_secs(2), 300_000.0, 20_000);
         }
         assert_eq!(call.bound.bps(), None);
+    }
+
+    /// The sender keeps to the bound (wanting at most `want_bps`) for `span`, in 100 ms steps.
+    fn follow_bound(call: &mut Call, want_bps: f64, span: Duration) {
+        for _ in 0..span.as_millis() / 100 {
+            let bps = call.bound.bps().unwrap_or(f64::INFINITY).min(want_bps);
+            call.run(Duration::from_millis(100), bps, 0);
+        }
+    }
+
+    #[test]
+    fn a_lost_feedback_packet_is_not_loss() {
+        // 3 % lost each way; every third feedback packet lost too (a burst on the way back).
+        let run = |coverage: Option<FeedbackCoverage>| {
+            let mut call = Call::new(2_000_000.0, Some(33));
+            call.lose_feedback_every = Some(3);
+            call.coverage = coverage;
+            call.run(Duration::from_secs(10), 800_000.0, 0);
+            call.bound.bps()
+        };
+        assert!(
+            run(None).is_some(),
+            "read as lost, a third of the packets is heavy loss"
+        );
+        assert_eq!(run(Some(FeedbackCoverage::default())), None);
+    }
+
+    #[test]
+    fn feedback_coverage_wraps_and_forgets() {
+        let mut coverage = FeedbackCoverage::default();
+        coverage.record(65_530, 10);
+        assert!(coverage.covers(65_535) && coverage.covers(0) && coverage.covers(3));
+        assert!(!coverage.covers(4) && !coverage.covers(65_529));
+        for i in 0..COVERAGE_KEPT as u16 {
+            coverage.record(i * 10, 10);
+        }
+        assert!(!coverage.covers(65_531), "the oldest range is forgotten");
+        assert!(coverage.covers(0) && coverage.covers(1_279));
+    }
+
+    #[test]
+    fn a_longer_path_is_not_a_queue() {
+        // A handover or a route change: the delay steps up 150 ms and stays; the path still
+        // carries everything sent (3 % lost on the wire, as on a radio link).
+        let mut call = Call::new(2_000_000.0, Some(33));
+        call.link.delay = Duration::from_millis(50);
+        call.run(Duration::from_secs(3), 300_000.0, 0);
+        call.link.delay = Duration::from_millis(200);
+        for _ in 0..10 {
+            call.run(Duration::from_secs(1), 300_000.0, 0);
+            assert_eq!(call.bound.bps(), None, "a delay step is not congestion");
+        }
+    }
+
+    #[test]
+    fn a_longer_path_with_a_queue_is_cut_to_what_it_carries() {
+        // A link shaped mid-call (the end-to-end test's phase 2): the delay steps up 150 ms
+        // while the rate falls under what is sent, so a real queue forms behind the step.
+        let mut call = Call::new(10_000_000.0, None);
+        call.link.delay = Duration::from_millis(50);
+        follow_bound(&mut call, 1_500_000.0, Duration::from_secs(3));
+        assert_eq!(call.bound.bps(), None);
+        call.link = Link {
+            rate_bps: 500_000.0,
+            delay: Duration::from_millis(200),
+            lose_every: Some(33),
+            ..call.link
+        };
+        follow_bound(&mut call, 1_500_000.0, Duration::from_secs(2));
+        let cut = call
+            .bound
+            .bps()
+            .expect("a queue behind the step is congestion");
+        assert!((350_000.0..=500_000.0).contains(&cut), "cut to {cut}");
+        // The cut holds: the delay stays up by the step after the queue has drained.
+        for _ in 0..10 {
+            follow_bound(&mut call, 1_500_000.0, Duration::from_secs(1));
+            let bound = call.bound.bps().expect("still bound");
+            assert!((300_000.0..=560_000.0).contains(&bound), "{cut} -> {bound}");
+        }
     }
 
     #[test]

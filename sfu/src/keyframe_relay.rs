@@ -7,12 +7,16 @@
 //! reports stay with the chain. The router relays keyframe requests to the publisher,
 //! throttled, and counts what NACKs ask for as the subscriber's loss (the NACK responder
 //! further down the chain answers them from its cache). On a subscriber connection each
-//! NACK is first trimmed to what its [`NackBudget`] allows.
+//! NACK is first trimmed to what its [`NackBudget`] allows, and the transport-wide sequence
+//! numbers each transport-cc feedback covers are noted in its [`Estimate`] (the estimator
+//! further down the chain tells a lost packet from one whose feedback was lost).
 
+use crate::bandwidth::Estimate;
 use crate::nack_limit::NackBudget;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -22,20 +26,22 @@ use std::time::Instant;
 /// Where the marker sits in the chain: before every named slot.
 pub(crate) const SLOT: usize = 500;
 
-/// Marks inbound RTCP carrying PLI/FIR for delivery to the application; with a budget (a
-/// subscriber connection), trims NACKs and delivers them too.
+/// Marks inbound RTCP carrying PLI/FIR for delivery to the application; on a subscriber
+/// connection, trims NACKs and delivers them too, and notes transport-cc coverage.
 #[derive(Default)]
 pub(crate) struct KeyframeRequestMarker {
     nacks: Option<NackBudget>,
+    estimate: Option<Estimate>,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
 
 impl KeyframeRequestMarker {
-    /// A marker that also trims NACKs to `budget` (a subscriber connection).
-    pub(crate) fn with_nack_budget(budget: NackBudget) -> Self {
+    /// The marker of a subscriber connection whose estimator publishes into `estimate`.
+    pub(crate) fn for_subscriber(estimate: &Estimate) -> Self {
         Self {
-            nacks: Some(budget),
+            nacks: Some(NackBudget::new(estimate.clone())),
+            estimate: Some(estimate.clone()),
             ..Self::default()
         }
     }
@@ -54,6 +60,14 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestMarker {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
+        if let (Some(estimate), Packet::Rtcp(packets)) = (&self.estimate, &msg.message.packet) {
+            for cc in packets
+                .iter()
+                .filter_map(|p| p.as_any().downcast_ref::<TransportLayerCc>())
+            {
+                estimate.feedback_covered(cc.base_sequence_number, cc.packet_status_count);
+            }
+        }
         if let (Some(budget), Packet::Rtcp(packets)) = (&mut self.nacks, &mut msg.message.packet) {
             let now = msg.now;
             *packets = std::mem::take(packets)

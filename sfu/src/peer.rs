@@ -12,7 +12,6 @@
 use crate::SfuError;
 use crate::bandwidth::Estimate;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
-use crate::nack_limit::NackBudget;
 use crate::red_resend;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
@@ -50,12 +49,10 @@ pub(crate) fn build(
 ) -> Result<RTCPeerConnection, SfuError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let marker = match estimate {
-        Some(estimate) => {
-            KeyframeRequestMarker::with_nack_budget(NackBudget::new(estimate.clone()))
-        }
-        None => KeyframeRequestMarker::default(),
-    };
+    let marker = estimate.map_or_else(
+        KeyframeRequestMarker::default,
+        KeyframeRequestMarker::for_subscriber,
+    );
     let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?
         .with(Slot::from(keyframe_relay::SLOT), marker);
     if let Some(estimate) = estimate {
