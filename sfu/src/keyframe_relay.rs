@@ -9,16 +9,20 @@
 //! further down the chain answers them from its cache). On a subscriber connection each
 //! NACK is first trimmed to what its [`NackBudget`] allows, and the transport-wide sequence
 //! numbers each transport-cc feedback covers are noted in its [`Estimate`] (the estimator
-//! further down the chain tells a lost packet from one whose feedback was lost).
+//! further down the chain tells a lost packet from one whose feedback was lost). Its
+//! receiver reference time reports are answered at once ([`rtt_reply`]).
 
 use crate::bandwidth::Estimate;
 use crate::nack_limit::NackBudget;
+use crate::rtt_reply;
+use rtc::interceptor::AttributedPacket;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
+use rtc::shared::TransportContext;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -32,6 +36,9 @@ pub(crate) const SLOT: usize = 500;
 pub(crate) struct KeyframeRequestMarker {
     nacks: Option<NackBudget>,
     estimate: Option<Estimate>,
+    /// The SSRCs this connection sends, in the order they were bound (a reply to the
+    /// browser's RTCP is sent as the first).
+    local_ssrcs: Vec<u32>,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
@@ -66,6 +73,17 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestMarker {
                 .filter_map(|p| p.as_any().downcast_ref::<TransportLayerCc>())
             {
                 estimate.feedback_covered(cc.base_sequence_number, cc.packet_status_count);
+            }
+            if let Some(reply) = self
+                .local_ssrcs
+                .first()
+                .and_then(|&ssrc| rtt_reply::answer(packets, ssrc))
+            {
+                self.writes.push_back(TaggedPacket {
+                    now: msg.now,
+                    transport: TransportContext::default(),
+                    message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(reply)])),
+                });
             }
         }
         if let (Some(budget), Packet::Rtcp(packets)) = (&mut self.nacks, &mut msg.message.packet) {
@@ -110,8 +128,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestMarker {
 }
 
 impl Interceptor for KeyframeRequestMarker {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_local_stream(&mut self, info: &StreamInfo) {
+        self.local_ssrcs.push(info.ssrc);
+    }
+    fn unbind_local_stream(&mut self, info: &StreamInfo) {
+        self.local_ssrcs.retain(|&ssrc| ssrc != info.ssrc);
+    }
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }

@@ -32,6 +32,7 @@ mod peer;
 mod red_resend;
 pub mod rewrite;
 mod router;
+mod rtt_reply;
 pub mod shell;
 pub mod simulcast;
 pub mod tap;

@@ -13,6 +13,7 @@ use crate::SfuError;
 use crate::bandwidth::Estimate;
 use crate::keyframe_relay::{self, KeyframeRequestMarker};
 use crate::red_resend;
+use crate::rtt_reply;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{CongestionControlBuilder, Registry, Slot, TwccSenderBuilder};
@@ -68,6 +69,15 @@ pub(crate) fn build(
         media_engine.register_feedback(
             RTCPFeedback {
                 typ: TYPE_RTCP_FB_GOOG_REMB.to_owned(),
+                parameter: String::new(),
+            },
+            RtpCodecKind::Video,
+        );
+        // Receive-only browsers learn their round-trip time from our DLRR replies
+        // (see `rtt_reply`).
+        media_engine.register_feedback(
+            RTCPFeedback {
+                typ: rtt_reply::RRTR_FEEDBACK.to_owned(),
                 parameter: String::new(),
             },
             RtpCodecKind::Video,

@@ -42,6 +42,8 @@
  *     track_id: string,               // the track's id in subscribe_offer.tracks
  *     framesPerSecond, freezeCount, totalFreezesDuration, totalPausesDuration (s),
  *     concealedSamples: number | undefined,
+ *     packetsLost, nackCount, retransmittedPacketsReceived, jitterBufferDelay (s),
+ *     jitterBufferEmittedCount: number | undefined,
  *                                     // inbound-rtp's, undefined when getStats() lacks them
  *   }]>
  *   One entry per inbound-rtp stream of the subscriber connection whose track is in the

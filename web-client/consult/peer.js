@@ -171,6 +171,11 @@ export class SubscriberPeer {
         totalFreezesDuration: stat.totalFreezesDuration,
         totalPausesDuration: stat.totalPausesDuration,
         concealedSamples: stat.concealedSamples,
+        packetsLost: stat.packetsLost,
+        nackCount: stat.nackCount,
+        retransmittedPacketsReceived: stat.retransmittedPacketsReceived,
+        jitterBufferDelay: stat.jitterBufferDelay,
+        jitterBufferEmittedCount: stat.jitterBufferEmittedCount,
       });
     }
     return entries;

@@ -55,7 +55,7 @@ export async function takeSample(participant, fromIdentity) {
       frameWidth: Number(best?.frameWidth) || 0,
       frameHeight: Number(best?.frameHeight) || 0,
       framesPerSecond: num(best?.framesPerSecond),
-      streams: byStream(video, ['framesDecoded', 'freezeCount', 'totalFreezesDuration', 'totalPausesDuration']),
+      streams: byStream(video, ['framesDecoded', 'freezeCount', 'totalFreezesDuration', 'totalPausesDuration', 'packetsLost', 'nackCount', 'retransmittedPacketsReceived', 'jitterBufferDelay', 'jitterBufferEmittedCount']),
     },
     audio: { streams: byStream(audio, ['totalSamplesReceived', 'concealedSamples']) },
     layer: layers.length ? { rid: layers[0].rid ?? null, paused: !!layers[0].paused, reason: layers[0].reason ?? null } : null,
