@@ -198,12 +198,14 @@ const QUEUE_DELAY: Duration = Duration::from_millis(80);
 const QUEUE_STANDING: Duration = Duration::from_millis(300);
 /// A queue whose delay fell by this much since the last batch is draining, not standing.
 const DRAINING: Duration = Duration::from_millis(20);
-/// A standing queue is congestion while the packets that arrive come in at less than this
-/// share of the rate they left at (it still grows) ...
-const SHORTFALL: f64 = 0.95;
+/// A standing queue is congestion while the one-way delay of the packets sent since it
+/// appeared grows by more than this (it still grows) ...
+const QUEUE_GROWTH: Duration = Duration::from_millis(15);
 /// ... or while more than this share of them is lost (it is full and drops its tail; a radio
 /// link loses a few per cent without a queue).
 const QUEUE_LOSS: f64 = 0.10;
+/// ... and a longer path once their delay has held for this long.
+const LONGER_PATH_SPAN: Duration = Duration::from_millis(800);
 /// Loss above this share of the last second's packets is congestion: a link sent a third
 /// more than it carries drops that much from its full queue. Smaller overloads show as a
 /// standing queue first. The share is high because a radio link loses a few per cent
@@ -272,10 +274,10 @@ pub(crate) enum Congestion {
 /// It watches two signs of a full path in transport-cc feedback. One is a queue that
 /// stands: the smallest one-way delay of a feedback batch stays [`QUEUE_DELAY`] above the
 /// smallest seen for [`QUEUE_STANDING`], without draining, and the packets sent since it
-/// appeared show an overload (they arrive spread out, under [`SHORTFALL`] of the pace they
-/// left at, or over [`QUEUE_LOSS`] of them are lost). A queue that stands without those is
-/// a longer path (a handover, a link shaped mid-call): its delay becomes the new base and a
-/// real queue behind it is measured from there. The other is heavy loss (over
+/// appeared show an overload (their delay grows by over [`QUEUE_GROWTH`], or over
+/// [`QUEUE_LOSS`] of them are lost). A queue whose delay holds for [`LONGER_PATH_SPAN`]
+/// instead is a longer path (a handover, a link shaped mid-call): its delay becomes the new
+/// base and a real queue behind it is measured from there. The other is heavy loss (over
 /// [`HEAVY_LOSS`] of the last second's packets, in every stream). Only packets sent since
 /// the last cut count, so one congestion is not cut for twice. On either it sets the bound
 /// to [`BACK_OFF`] times the rate that arrived (of the packets sent since the queue
@@ -362,11 +364,12 @@ impl DeliveryBound {
         });
         if queued {
             if self.queue_since.is_none() {
+                tracing::trace!(queue_ms = self.queue_delay.as_millis() as u64, "a queue");
                 self.queue_since = Some(now);
                 self.queue_from = batch_from;
             }
-        } else if batch_min.is_some() {
-            self.queue_since = None;
+        } else if batch_min.is_some() && self.queue_since.take().is_some() {
+            tracing::trace!(queue_ms = self.queue_delay.as_millis() as u64, "no queue");
         }
         let stood = self
             .queue_since
@@ -498,9 +501,10 @@ impl DeliveryBound {
     /// [`QUEUE_MIN_PACKETS`] of them. Only those count, so the gap in arrivals that a step in
     /// the path's delay leaves is not read as a slow path.
     ///
-    /// It is an overload when the packets that arrived came in more slowly than they left
-    /// (under [`SHORTFALL`]: the queue still grows) or when over [`QUEUE_LOSS`] of them were
-    /// lost (the queue is full and drops its tail). Otherwise the path is just longer.
+    /// It is an overload when their one-way delay grew by over [`QUEUE_GROWTH`] (the queue
+    /// still grows: more is sent than the path carries) or when over [`QUEUE_LOSS`] of them
+    /// were lost (it is full and drops its tail). It is a longer path when the delay held
+    /// for [`LONGER_PATH_SPAN`]; until then, nothing is known yet.
     fn queue_sign(&self) -> Option<QueueSign> {
         let from = self.queue_from?;
         let queued: Vec<&Fate> = self.fates.iter().filter(|f| f.departure >= from).collect();
@@ -508,27 +512,31 @@ impl DeliveryBound {
             return None;
         }
         let delivered = rate(queued.iter().filter_map(|f| Some((f.arrival?, f.bytes))))?;
-        // (departure, arrival) of each packet that arrived.
-        let arrived: Vec<(Duration, Duration)> = queued
+        // (departure, one-way delay with an arbitrary offset) of each packet that arrived.
+        let delays: Vec<(Duration, f64)> = queued
             .iter()
-            .filter_map(|f| Some((f.departure - from, f.arrival?)))
+            .filter_map(|f| {
+                let sent = f.departure - from;
+                Some((sent, f.arrival?.as_secs_f64() - sent.as_secs_f64()))
+            })
             .collect();
-        let spread = |time: fn(&(Duration, Duration)) -> Duration| {
-            let (first, last) = (
-                arrived.iter().map(time).min(),
-                arrived.iter().map(time).max(),
-            );
-            last.unwrap_or_default() - first.unwrap_or_default()
+        let span = delays.last()?.0;
+        // The smallest delay in the first and in the last quarter of the span: one packet's
+        // jitter does not count.
+        let smallest = |range: std::ops::RangeInclusive<Duration>| {
+            delays
+                .iter()
+                .filter(|(sent, _)| range.contains(sent))
+                .map(|(_, delay)| *delay)
+                .fold(f64::INFINITY, f64::min)
         };
-        let (left_over, came_over) = (spread(|p| p.0), spread(|p| p.1));
+        let growth = smallest(span * 3 / 4..=span) - smallest(Duration::ZERO..=span / 4);
         let tail_drop = loss_share(queued.into_iter()).is_some_and(|share| share > QUEUE_LOSS);
-        Some(
-            if tail_drop || left_over.as_secs_f64() < SHORTFALL * came_over.as_secs_f64() {
-                QueueSign::Overload { delivered }
-            } else {
-                QueueSign::LongerPath
-            },
-        )
+        if tail_drop || growth > QUEUE_GROWTH.as_secs_f64() {
+            Some(QueueSign::Overload { delivered })
+        } else {
+            (span >= LONGER_PATH_SPAN).then_some(QueueSign::LongerPath)
+        }
     }
 
     /// The rate that arrived over the last [`RATE_WINDOW`] of arrivals, in bits per second.
@@ -783,6 +791,25 @@ mod tests {
         }
         assert!(!coverage.covers(65_531), "the oldest range is forgotten");
         assert!(coverage.covers(0) && coverage.covers(1_279));
+    }
+
+    #[test]
+    fn an_upgrade_a_little_over_the_link_is_cut() {
+        // A layer switch up, to 6 % over what the link carries: the new layer's keyframe
+        // queues, and the queue keeps growing slowly behind it (it must not pass for a
+        // longer path).
+        let mut call = Call::new(500_000.0, Some(33));
+        follow_bound(&mut call, 250_000.0, Duration::from_secs(5));
+        assert_eq!(call.bound.bps(), None);
+        call.run(Duration::from_millis(100), 530_000.0, 30_000);
+        let mut waited = Duration::from_millis(100);
+        while call.bound.bps().is_none() {
+            assert!(waited < Duration::from_secs(2), "not cut within 2 s");
+            call.run(Duration::from_millis(100), 530_000.0, 0);
+            waited += Duration::from_millis(100);
+        }
+        let cut = call.bound.bps().expect("cut");
+        assert!((350_000.0..=500_000.0).contains(&cut), "cut to {cut}");
     }
 
     #[test]
