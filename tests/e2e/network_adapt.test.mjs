@@ -31,7 +31,8 @@ const DOWN_WITHIN_S = 3;
 // call, in CI) and failed phase 1; that is left visible, not waited out.
 const WARM_UP_S = 15;
 // Without probing, the estimate climbs back slowly past the capacity it last saw (1 % a
-// second, so that an upgrade the path cannot carry is tried seldom): 24-26 s measured.
+// second, so that an upgrade the path cannot carry is tried seldom): 9-14 s measured
+// (24-26 s before a step in delay stopped being cut as a queue).
 const UP_WITHIN_S = 45;
 const MAX_CONCEALED = 0.15; // audio concealment while shaped (3 % loss, no retransmission)
 
