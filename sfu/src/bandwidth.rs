@@ -16,6 +16,7 @@
 //! slowly, more slowly still just above the capacity it last saw.
 
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -57,6 +58,12 @@ impl Estimate {
     /// sequence numbers from `base` (called before the estimator sees it).
     pub(crate) fn feedback_covered(&self, base: u16, count: u16) {
         self.coverage().record(base, count);
+    }
+
+    /// Whether recent feedback covered transport-wide sequence number `seq`.
+    #[cfg(test)]
+    pub(crate) fn covered(&self, seq: u16) -> bool {
+        self.coverage().covers(seq)
     }
 
     fn coverage(&self) -> std::sync::MutexGuard<'_, FeedbackCoverage> {
@@ -182,13 +189,15 @@ impl FeedbackCoverage {
     }
 
     /// `reports` without the transport-wide packets that no feedback covered (neither
-    /// arrived nor lost as far as anyone knows).
-    pub(crate) fn reported(&self, reports: &[PacketReport]) -> Vec<PacketReport> {
-        reports
-            .iter()
-            .filter(|r| r.arrived || !r.is_twcc || self.covers(r.twcc_sequence_number))
-            .cloned()
-            .collect()
+    /// arrived nor lost as far as anyone knows); borrowed when there are none such.
+    pub(crate) fn reported<'a>(&self, reports: &'a [PacketReport]) -> Cow<'a, [PacketReport]> {
+        let known =
+            |r: &PacketReport| r.arrived || !r.is_twcc || self.covers(r.twcc_sequence_number);
+        if reports.iter().all(known) {
+            Cow::Borrowed(reports)
+        } else {
+            Cow::Owned(reports.iter().filter(|r| known(r)).cloned().collect())
+        }
     }
 }
 
@@ -262,7 +271,7 @@ enum QueueSign {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Congestion {
     /// A queue stood on the path, this much above its smallest delay in the last batch,
-    /// while less arrived than was sent.
+    /// and still grew or dropped its tail.
     StandingQueue(Duration),
     /// This share of the last second's packets was lost; `longest_run` lost in a row.
     HeavyLoss { share: f64, longest_run: usize },
@@ -729,7 +738,7 @@ mod tests {
             let mut reports = std::mem::take(&mut self.unreported);
             reports.extend(covered);
             if let Some(coverage) = &self.coverage {
-                reports = coverage.reported(&reports);
+                reports = coverage.reported(&reports).into_owned();
             }
             let current = self.bound.bps().unwrap_or(MAX_BPS as f64);
             self.bound.on_reports(self.now, &reports, current);

@@ -15,8 +15,9 @@
 use crate::bandwidth::Estimate;
 use crate::nack_limit::NackBudget;
 use crate::rtt_reply;
-use rtc::interceptor::AttributedPacket;
-use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket,
+};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
@@ -34,8 +35,8 @@ pub(crate) const SLOT: usize = 500;
 /// connection, trims NACKs and delivers them too, and notes transport-cc coverage.
 #[derive(Default)]
 pub(crate) struct KeyframeRequestMarker {
+    /// On a subscriber connection: its NACK budget, a share of its [`Estimate`].
     nacks: Option<NackBudget>,
-    estimate: Option<Estimate>,
     /// The SSRCs this connection sends, in the order they were bound (a reply to the
     /// browser's RTCP is sent as the first).
     local_ssrcs: Vec<u32>,
@@ -48,7 +49,6 @@ impl KeyframeRequestMarker {
     pub(crate) fn for_subscriber(estimate: &Estimate) -> Self {
         Self {
             nacks: Some(NackBudget::new(estimate.clone())),
-            estimate: Some(estimate.clone()),
             ..Self::default()
         }
     }
@@ -67,7 +67,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestMarker {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
-        if let (Some(estimate), Packet::Rtcp(packets)) = (&self.estimate, &msg.message.packet) {
+        if let (Some(budget), Packet::Rtcp(packets)) = (&self.nacks, &msg.message.packet) {
+            let estimate = budget.estimate();
             for cc in packets
                 .iter()
                 .filter_map(|p| p.as_any().downcast_ref::<TransportLayerCc>())
@@ -136,4 +137,77 @@ impl Interceptor for KeyframeRequestMarker {
     }
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::extended_report::{
+        DLRRReportBlock, ExtendedReport, ReceiverReferenceTimeReportBlock,
+    };
+
+    fn read(marker: &mut KeyframeRequestMarker, packets: Vec<Box<dyn rtc::rtcp::Packet>>) {
+        marker
+            .handle_read(TaggedPacket {
+                now: Instant::now(),
+                transport: TransportContext::default(),
+                message: AttributedPacket::new(Packet::Rtcp(packets)),
+            })
+            .unwrap();
+        assert!(marker.poll_read().is_some(), "inbound RTCP passes on");
+    }
+
+    fn rrtr() -> Box<dyn rtc::rtcp::Packet> {
+        Box::new(ExtendedReport {
+            sender_ssrc: 1,
+            reports: vec![Box::new(ReceiverReferenceTimeReportBlock {
+                ntp_timestamp: 0x0001_2345_6789_0000,
+            })],
+        })
+    }
+
+    #[test]
+    fn a_subscriber_connection_notes_feedback_coverage_and_answers_rrtr() {
+        let estimate = Estimate::new();
+        let mut marker = KeyframeRequestMarker::for_subscriber(&estimate);
+        marker.bind_local_stream(&StreamInfo {
+            ssrc: 0xABCD,
+            ..Default::default()
+        });
+        let feedback = TransportLayerCc {
+            base_sequence_number: 100,
+            packet_status_count: 5,
+            ..Default::default()
+        };
+        read(&mut marker, vec![Box::new(feedback), rrtr()]);
+        assert!(estimate.covered(100) && estimate.covered(104) && !estimate.covered(105));
+        let reply = marker.poll_write().expect("a DLRR reply");
+        let Packet::Rtcp(packets) = reply.message.packet else {
+            panic!("RTCP out");
+        };
+        let xr = packets[0]
+            .as_any()
+            .downcast_ref::<ExtendedReport>()
+            .expect("an XR");
+        assert_eq!(
+            xr.sender_ssrc, 0xABCD,
+            "sent as the connection's first stream"
+        );
+        assert!(xr.reports[0].as_any().is::<DLRRReportBlock>());
+        assert!(marker.poll_write().is_none(), "one reply per report");
+    }
+
+    #[test]
+    fn a_publisher_connection_and_one_without_streams_do_not_answer() {
+        let mut publisher = KeyframeRequestMarker::default();
+        publisher.bind_local_stream(&StreamInfo {
+            ssrc: 7,
+            ..Default::default()
+        });
+        read(&mut publisher, vec![rrtr()]);
+        assert!(publisher.poll_write().is_none());
+        let mut empty = KeyframeRequestMarker::for_subscriber(&Estimate::new());
+        read(&mut empty, vec![rrtr()]);
+        assert!(empty.poll_write().is_none(), "no SSRC to answer as yet");
+    }
 }

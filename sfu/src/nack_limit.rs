@@ -49,6 +49,11 @@ impl NackBudget {
         }
     }
 
+    /// The estimate the budget is a share of.
+    pub(crate) fn estimate(&self) -> &Estimate {
+        &self.estimate
+    }
+
     /// `nack` reduced to what may be resent now (noted as resent), or `None` for nothing.
     pub(crate) fn trim(
         &mut self,
