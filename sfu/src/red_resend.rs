@@ -1,6 +1,6 @@
 //! Retransmissions of RED-wrapped video, sent as the packets themselves.
 //!
-//! With forward error correction on (`--fec`), a lossy subscriber's video goes out wrapped in
+//! With forward error correction on (`--fec`), a subscriber's video goes out wrapped in
 //! RED (RFC 2198, see [`fec`](crate::fec)). The `rtc` NACK responder retransmits over RTX with
 //! the one RTX payload type of the stream, the one associated with its primary codec (VP8's),
 //! whatever the packet's own payload type was. A RED packet resent that way reaches the

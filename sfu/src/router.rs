@@ -1652,14 +1652,19 @@ impl Router {
             let ext_len = out.header.get_extension_payload_len();
             out.header.extensions_padding = (4 - ext_len % 4) % 4;
             let video = track.info.kind == TrackKind::Video;
+            // Where RED was negotiated, video always travels in it, protected or not: a
+            // stream that switched between VP8 and RED as the loss came and went left a VP8
+            // packet lost just before the switch unrepaired by its retransmission, and the
+            // picture stopped until a keyframe 3 s later.
+            let red = negotiated
+                .fec
+                .filter(|_| video && self.config.fec && !out.payload.is_empty());
             // The parity covers the transport-cc extension with the zero value the receiver
             // sees (it zeroes it to recover); the congestion controller then writes the real
             // value in place. A packet whose extension cannot be set goes unprotected.
-            let parity = match (p.fec_group, negotiated.fec) {
-                (Some(group), Some(pts))
-                    if video
-                        && !out.payload.is_empty()
-                        && !out.header.padding
+            let parity = match (red, p.fec_group) {
+                (Some(pts), Some(group))
+                    if !out.header.padding
                         && negotiated.transport_cc_id.is_none_or(|id| {
                             out.header
                                 .set_extension(id, Bytes::from_static(&[0, 0]))
@@ -1667,8 +1672,6 @@ impl Router {
                         }) =>
                 {
                     let parity = sub.parity.protect(now, &out.header, &out.payload, group);
-                    out.header.payload_type = pts.red;
-                    out.payload = fec::red(pt, &out.payload);
                     parity.map(|parity| {
                         let Rewritten { seq, ts } = sub.rewriter.insert();
                         rtc::rtp::Packet {
@@ -1686,6 +1689,10 @@ impl Router {
                 }
                 _ => None,
             };
+            if let Some(pts) = red {
+                out.header.payload_type = pts.red;
+                out.payload = fec::red(pt, &out.payload);
+            }
             match p.subscriber.rtp_sender(sub.sender_id) {
                 Some(mut sender) => {
                     match sender.write_rtp(now, out) {
@@ -1838,7 +1845,7 @@ impl Router {
                 .find(|s| s.subscriber == subscriber)
                 .expect("filtered above");
             if protection_ended {
-                // A group begun while protected would mix in packets sent without RED.
+                // A group begun while protected is abandoned: its parity would come late.
                 sub.parity.clear();
             }
             let rank = |c: Choice| match c {

@@ -34,6 +34,12 @@ Control: one command per line on stdin, one answer line on stdout (`ok ...` / `e
   quit
 The first line printed is `ok ready host=<dev> ns=<dev>`. EOF on stdin ends the process.
 
+Diagnostics: with LINKEM_TRACE=FILE in the environment, every RTP packet going `down` (UDP,
+version 2, not RTCP; SRTP leaves the header readable) is appended to FILE as one line:
+`unix_time ssrc payload_type marker seq timestamp rtp_bytes fate`, where fate is the delay
+until delivery in seconds or the counter that dropped it (dropped_loss, dropped_queue,
+dropped_cut). It shows which packets a link lost and whether a retransmission followed.
+
 Usage: linkem.py --ns NS [--name lem0] [--host-ip 10.78.0.1] [--ns-ip 10.78.0.2] [--seed N]
 Needs CAP_NET_ADMIN (root) and `ip` (iproute2). Python standard library only.
 """
@@ -280,7 +286,10 @@ class Emulator:
                         pkt = os.read(fd, MAX_PACKET)
                     except BlockingIOError:
                         break
-                    link.offer(len(pkt), now, pkt)
+                    before = dict(link.counters) if TRACE else None
+                    at = link.offer(len(pkt), now, pkt)
+                    if TRACE and direction == "down":
+                        trace_rtp(now, pkt, at, link.counters, before)
             for direction, link in self.links.items():
                 out_fd = self.fds[direction][1]
                 for pkt in link.due(now):
@@ -288,6 +297,24 @@ class Emulator:
                         os.write(out_fd, pkt)
                     except OSError:
                         pass  # the other side cannot take it (device down): lost
+
+
+TRACE = open(os.environ["LINKEM_TRACE"], "a", buffering=1) if os.environ.get("LINKEM_TRACE") else None
+
+
+def trace_rtp(now, pkt, at, counters, before):
+    """Appends one RTP packet's header fields and fate to the trace (see the module doc)."""
+    ihl = (pkt[0] & 0x0F) * 4
+    if len(pkt) < ihl + 8 + 12 or pkt[9] != 17:
+        return
+    r = pkt[ihl + 8:]
+    if r[0] >> 6 != 2 or 192 <= r[1] <= 223:
+        return
+    fate = f"{at - now:.4f}" if at is not None else next(k for k in counters if k.startswith("dropped") and counters[k] != before[k])
+    ssrc = int.from_bytes(r[8:12], "big")
+    seq = int.from_bytes(r[2:4], "big")
+    ts = int.from_bytes(r[4:8], "big")
+    TRACE.write(f"{time.time():.4f} {ssrc} {r[1] & 0x7F} {r[1] >> 7} {seq} {ts} {len(r)} {fate}\n")
 
 
 def reply(text):
