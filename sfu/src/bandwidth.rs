@@ -13,7 +13,8 @@
 //! seeing a slope (measured on a 500 kbit/s link: 3.5 to 22 s to come down). The estimate
 //! is therefore GCC's delay half capped by a [`DeliveryBound`]: on a standing queue or heavy
 //! loss it drops at once to a little under the rate that actually arrives, and climbs back
-//! slowly, more slowly still just above the capacity it last saw.
+//! slowly, more slowly still just above the capacity it last saw, and no further than most
+//! of the narrowest link's rate that packet pairs measure ([`PairCapacity`]).
 
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport};
 use std::borrow::Cow;
@@ -120,6 +121,7 @@ impl BandwidthEstimator for SharedGcc {
                     ?cause,
                     bound = self.bound.bps().map(|b| b as u64),
                     capacity = self.bound.capacity as u64,
+                    bottleneck = self.bound.pairs.bps().map(|b| b as u64),
                     delay_based = self.gcc.delay_based_bitrate() as u64,
                     "estimate cut to the delivered rate"
                 );
@@ -249,6 +251,99 @@ const GROWTH_ABOVE_CAPACITY: f64 = 0.01;
 /// the bound climbs at [`GROWTH`] again.
 const CAPACITY_FORGOTTEN: f64 = 1.5;
 
+/// Two packets sent at most this far apart whose arrivals spread further apart by at least
+/// [`PAIR_SPREAD`] measure the bottleneck: the second waited behind the first, so the gap
+/// between their arrivals is the time the narrowest link took to carry the second.
+const PAIR_MAX_SEND_GAP: Duration = Duration::from_millis(20);
+/// How much further apart a pair must arrive than it left to count as spread by a queue
+/// (arrival times come in 250 µs steps).
+const PAIR_SPREAD: Duration = Duration::from_millis(1);
+/// A pair that left at most this far apart and arrived no further apart shows the path
+/// carries at least the pair's own rate.
+const PAIR_TIGHT_SEND_GAP: Duration = Duration::from_millis(2);
+/// Arrival gaps are not resolved below this (transport-cc reports 250 µs steps).
+const ARRIVAL_RESOLUTION: Duration = Duration::from_micros(250);
+/// The second packet of a pair must be at least this large for its gap to mean anything.
+const PAIR_MIN_BYTES: usize = 200;
+/// How long pair measurements are kept.
+const PAIR_WINDOW: Duration = Duration::from_secs(5);
+/// The latest measurements the bottleneck rate is the median of (a second or so of video
+/// frames), so that a path that got faster shows within about half as many.
+const PAIR_SAMPLES: usize = 32;
+/// Measurements needed before the bottleneck rate is believed.
+const PAIR_MIN_SAMPLES: usize = 8;
+/// The bound does not climb past this share of the bottleneck rate the pairs measure: the
+/// rest is left for audio, parity and retransmissions, and an upgrade to a layer the path
+/// cannot carry (it fills the queue, the picture freezes for 2-3 s while the layer comes
+/// down again) is never tried.
+const PAIR_SHARE: f64 = 0.9;
+
+/// The narrowest link's rate, read from packet pairs (sans-IO: reports in, bits per second
+/// out).
+///
+/// Two packets that leave close together and reach a link slower than their own spacing
+/// queue there: the second leaves that link (and so arrives) one of its transmission times
+/// after the first. Its size over that arrival gap is the link's rate, whatever else the
+/// path does. The video's own frames make such pairs (a frame's packets leave together, as
+/// the publisher paced them, and parity follows a frame at once), so nothing extra is sent.
+/// A tight pair that arrives no further apart than it left shows only that the path is at
+/// least as fast as the pair; it counts at that rate, so a lifted limit shows at once.
+#[derive(Debug, Default)]
+struct PairCapacity {
+    /// The last packet reported, if it arrived: (departure, arrival).
+    last: Option<(Instant, Duration)>,
+    /// (feedback time, bits per second) of each pair, oldest first.
+    samples: VecDeque<(Instant, f64)>,
+}
+
+impl PairCapacity {
+    /// Folds in one reported packet (in send order); `now` is the feedback's time.
+    fn on_report(&mut self, now: Instant, report: &PacketReport) {
+        while self.samples.front().is_some_and(|(t, _)| {
+            now.saturating_duration_since(*t) > PAIR_WINDOW || self.samples.len() > PAIR_SAMPLES
+        }) {
+            self.samples.pop_front();
+        }
+        let arrival = report.arrival.filter(|_| report.arrived);
+        let previous = std::mem::replace(&mut self.last, arrival.map(|a| (report.departure, a)));
+        let (Some((sent_before, arrived_before)), Some(arrived)) = (previous, arrival) else {
+            return;
+        };
+        if report.size < PAIR_MIN_BYTES {
+            return;
+        }
+        let send_gap = report.departure.saturating_duration_since(sent_before);
+        let arrival_gap = arrived.saturating_sub(arrived_before);
+        let bits = report.size as f64 * 8.0;
+        let rate = if send_gap <= PAIR_MAX_SEND_GAP && arrival_gap >= send_gap + PAIR_SPREAD {
+            bits / arrival_gap.as_secs_f64()
+        } else if send_gap <= PAIR_TIGHT_SEND_GAP {
+            bits / arrival_gap
+                .max(send_gap)
+                .max(ARRIVAL_RESOLUTION)
+                .as_secs_f64()
+        } else {
+            return;
+        };
+        if self.samples.len() == PAIR_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, rate));
+    }
+
+    /// The median of the latest [`PAIR_SAMPLES`] pairs of the last [`PAIR_WINDOW`], once
+    /// there are [`PAIR_MIN_SAMPLES`] of them.
+    fn bps(&self) -> Option<f64> {
+        if self.samples.len() < PAIR_MIN_SAMPLES {
+            return None;
+        }
+        let mut rates: Vec<f64> = self.samples.iter().map(|(_, r)| *r).collect();
+        let mid = rates.len() / 2;
+        let (_, median, _) = rates.select_nth_unstable_by(mid, f64::total_cmp);
+        Some(*median)
+    }
+}
+
 /// One reported packet, as the loss share and the sent rate need it.
 #[derive(Debug, Clone, Copy)]
 struct Fate {
@@ -293,7 +388,9 @@ pub(crate) enum Congestion {
 /// appeared, or over the last [`RATE_WINDOW`] of arrivals), and remembers that rate as the
 /// capacity. Without them it climbs by [`GROWTH`] a second, but by [`GROWTH_ABOVE_CAPACITY`]
 /// just above the capacity (up to [`CAPACITY_FORGOTTEN`] times it), where an upgrade would
-/// likely fill the path again.
+/// likely fill the path again, and never past [`PAIR_SHARE`] of the narrowest link's rate
+/// that packet pairs measure ([`PairCapacity`]); pairs that show a path much faster than
+/// the capacity (a limit lifted) make it climb at [`GROWTH`] again.
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryBound {
     bound: Option<f64>,
@@ -315,6 +412,8 @@ pub(crate) struct DeliveryBound {
     queue_delay: Duration,
     last_cut: Option<Instant>,
     last_growth: Option<Instant>,
+    /// The bottleneck's rate from packet pairs: the bound climbs no higher than most of it.
+    pairs: PairCapacity,
 }
 
 impl DeliveryBound {
@@ -337,6 +436,7 @@ impl DeliveryBound {
         let mut batch_min: Option<f64> = None;
         let mut batch_from: Option<Instant> = None;
         for r in reports {
+            self.pairs.on_report(now, r);
             // What was sent before the last cut shows the old rate's queue and loss.
             let fresh = self.after_last_cut(r);
             if fresh {
@@ -449,14 +549,19 @@ impl DeliveryBound {
             .replace(now)
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         if let Some(bound) = self.bound {
-            let near_capacity =
-                (self.capacity..self.capacity * CAPACITY_FORGOTTEN).contains(&bound);
+            let bottleneck = self.pairs.bps();
+            // Pairs that show a much faster path than the capacity last seen (a limit
+            // lifted) make that capacity say nothing any more.
+            let capacity_known = bottleneck.is_none_or(|b| b < self.capacity * CAPACITY_FORGOTTEN);
+            let near_capacity = capacity_known
+                && (self.capacity..self.capacity * CAPACITY_FORGOTTEN).contains(&bound);
             let rate = if near_capacity {
                 GROWTH_ABOVE_CAPACITY
             } else {
                 GROWTH
             };
-            let grown = bound * (1.0 + rate * elapsed);
+            let ceiling = bottleneck.map_or(f64::INFINITY, |b| b * PAIR_SHARE);
+            let grown = (bound * (1.0 + rate * elapsed)).min(ceiling.max(bound));
             self.bound = (grown < MAX_BPS as f64).then_some(grown);
         }
     }
@@ -707,6 +812,26 @@ mod tests {
             }
         }
 
+        /// Runs for `span` sending a frame every 33 ms: `packets` packets of `size` bytes that
+        /// leave together, as a publisher's paced frame or a frame and its parity do.
+        fn run_frames(&mut self, span: Duration, packets: usize, size: usize) {
+            let end = self.now + span;
+            let mut next_frame = self.now;
+            while self.now < end {
+                if next_frame <= self.now {
+                    for _ in 0..packets {
+                        self.send(size);
+                    }
+                    next_frame += Duration::from_millis(33);
+                }
+                if self.next_feedback <= self.now {
+                    self.next_feedback += Duration::from_millis(100);
+                    self.feedback();
+                }
+                self.now += Duration::from_millis(1);
+            }
+        }
+
         fn feedback(&mut self) {
             let seen = self
                 .now
@@ -881,11 +1006,48 @@ mod tests {
             at.push(call.bound.bps().unwrap_or(f64::INFINITY));
         }
         let capacity = call.bound.capacity;
+        // The pairs of the congested seconds (every packet spread by the queue) hold it
+        // under the bottleneck until they are [`PAIR_WINDOW`] old: this evenly paced sender
+        // makes no new ones.
         assert!(
-            at[3] > capacity,
-            "back to the capacity within 4 s: {cut} → {at:?}"
+            at[3] <= PAIR_SHARE * capacity * 1.01,
+            "held by the pairs: {at:?}"
         );
-        assert!(at[8] < capacity * 1.25, "then slowly: {at:?}");
-        assert!(at[19] > capacity * 1.15, "but it goes on: {at:?}");
+        assert!(
+            at[7] > capacity,
+            "back to the capacity within 8 s: {cut} → {at:?}"
+        );
+        assert!(at[12] < capacity * 1.25, "then slowly: {at:?}");
+        assert!(at[19] > capacity * 1.1, "but it goes on: {at:?}");
+    }
+
+    #[test]
+    fn packet_pairs_keep_the_bound_under_the_bottleneck_until_it_widens() {
+        let mut call = Call::new(500_000.0, None);
+        follow_bound(&mut call, 1_500_000.0, Duration::from_secs(5));
+        assert!(call.bound.bps().is_some(), "cut");
+        // Frames of two packets (576 kbit/s of bursts, 290 kbit/s on average): each pair
+        // arrives spread by the link's rate.
+        call.run_frames(Duration::from_secs(2), 2, 600);
+        let bottleneck = call.bound.pairs.bps().expect("pairs measured");
+        assert!(
+            (450_000.0..=510_000.0).contains(&bottleneck),
+            "the link's rate: {bottleneck}"
+        );
+        call.run_frames(Duration::from_secs(60), 2, 600);
+        let held = call.bound.bps().unwrap();
+        assert!(
+            held <= PAIR_SHARE * 510_000.0,
+            "a minute on, still under the bottleneck: {held}"
+        );
+        // The limit is lifted: the pairs arrive as they left, the capacity last seen says
+        // nothing any more, and the bound climbs at the full rate.
+        call.link.rate_bps = 10_000_000.0;
+        call.run_frames(Duration::from_secs(6), 2, 600);
+        let lifted = call.bound.bps().unwrap_or(f64::INFINITY);
+        assert!(
+            lifted > 650_000.0,
+            "a middle layer's rate within 6 s: {held} → {lifted}"
+        );
     }
 }
