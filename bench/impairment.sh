@@ -5,10 +5,9 @@
 # share, received resolution and frame rate, audio concealment, recovery after the outage)
 # and writes the table into docs/benchmarks.md between the impairment-bench markers.
 #
-#   bash bench/impairment.sh [--duration 40] [--warmup 10] [--profiles clean,1mbit,500k,outage] [--no-write] [--fec]
+#   bash bench/impairment.sh [--duration 40] [--warmup 10] [--profiles clean,1mbit,500k,outage] [--no-write] [--no-fec]
 #
-# --fec starts the server with ULPFEC parity for lossy subscribers (off by default) and only
-# prints.
+# --no-fec starts the server without RED and ULPFEC parity (--fec=false) and only prints.
 #
 # Builds medrelay in release unless MEDRELAY_BIN names a binary. Runs in a network namespace
 # with only `lo` (re-executes itself with `unshare -n`); takes about 4 minutes at the defaults.

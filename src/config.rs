@@ -67,10 +67,9 @@ pub struct ServeArgs {
     /// back as itself before the others see it leave; 0 turns resume off [default: 30s].
     #[arg(long, env = "MEDRELAY_RESUME_WINDOW", value_parser = humantime::parse_duration)]
     pub resume_window: Option<Duration>,
-    /// Follow the video of subscribers whose link loses packets with ULPFEC parity packets
-    /// (RED), so that most losses are repaired without a round trip. Off by default: with
-    /// Chromium it removes most short freezes on lossy links but sometimes stalls the picture
-    /// for 3 s (docs/signaling.md) [default: false].
+    /// Send subscribers' video in RED and follow it with ULPFEC parity packets while their
+    /// link loses packets, so that most losses are repaired without a round trip
+    /// (docs/signaling.md); `--fec=false` turns it off [default: true].
     #[arg(long, env = "MEDRELAY_FEC", num_args = 0..=1, default_missing_value = "true")]
     pub fec: Option<bool>,
     /// Days consult recordings, telemetry records and audit entries are kept after they end
@@ -243,7 +242,7 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             turn,
-            fec: self.fec.or(file.fec).unwrap_or(false),
+            fec: self.fec.or(file.fec).unwrap_or(true),
             resume_window: self
                 .resume_window
                 .or(file.resume_window_seconds.map(Duration::from_secs))
@@ -325,12 +324,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(off.resolve().unwrap().resume_window, Duration::ZERO);
-        assert!(!c.fec, "parity for lossy subscribers is off by default");
+        assert!(c.fec, "parity for lossy subscribers is on by default");
         let fec = ServeArgs {
-            fec: Some(true),
+            fec: Some(false),
             ..Default::default()
         };
-        assert!(fec.resolve().unwrap().fec);
+        assert!(!fec.resolve().unwrap().fec);
     }
 
     #[test]

@@ -24,16 +24,16 @@ const BEGIN = '<!-- impairment-bench:begin -->';
 const END = '<!-- impairment-bench:end -->';
 
 function parseArgs(argv) {
-  const o = { duration: 40, warmup: 10, profiles: Object.keys(PROFILES), write: true, fec: false };
+  const o = { duration: 40, warmup: 10, profiles: Object.keys(PROFILES), write: true, fec: true };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--duration') o.duration = Number(argv[++i]);
     else if (a === '--warmup') o.warmup = Number(argv[++i]);
     else if (a === '--profiles') o.profiles = argv[++i].split(',');
     else if (a === '--no-write') o.write = false;
-    // The server with ULPFEC parity for lossy subscribers (off by default): printed only.
-    else if (a === '--fec') Object.assign(o, { fec: true, write: false });
-    else throw new Error(`unknown argument ${a} (--duration S, --warmup S, --profiles a,b, --no-write, --fec)`);
+    // The server without RED and ULPFEC parity (--fec=false): printed only.
+    else if (a === '--no-fec') Object.assign(o, { fec: false, write: false });
+    else throw new Error(`unknown argument ${a} (--duration S, --warmup S, --profiles a,b, --no-write, --no-fec)`);
   }
   for (const p of o.profiles) if (!PROFILES[p]) throw new Error(`unknown profile ${p}; known: ${Object.keys(PROFILES).join(', ')}`);
   if (!(o.duration >= 5) || !(o.warmup >= 0)) throw new Error('--duration must be >= 5 s, --warmup >= 0');
@@ -130,7 +130,7 @@ function writeSection(file, text) {
 
 const o = parseArgs(process.argv.slice(2));
 fs.mkdirSync(ARTIFACTS, { recursive: true });
-const consult = await startImpairedConsult({ name: 'impairment', linkName: 'lembench', clinicId: CLINIC, serverArgs: o.fec ? ['--fec'] : [] });
+const consult = await startImpairedConsult({ name: 'impairment', linkName: 'lembench', clinicId: CLINIC, serverArgs: o.fec ? [] : ['--fec=false'] });
 if (!consult) throw new Error('ffmpeg is missing');
 const rows = [];
 try {

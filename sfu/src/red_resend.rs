@@ -1,12 +1,12 @@
 //! Retransmissions of RED-wrapped video, sent as the packets themselves.
 //!
-//! With forward error correction on (`--fec`), a subscriber's video goes out wrapped in
-//! RED (RFC 2198, see [`fec`](crate::fec)). The `rtc` NACK responder retransmits over RTX with
-//! the one RTX payload type of the stream, the one associated with its primary codec (VP8's),
-//! whatever the packet's own payload type was. A RED packet resent that way reaches the
-//! browser as a VP8 packet with a RED header in front, which it cannot depacketize: the frame
-//! never completes, its sequence number no longer counts as missing, and the picture stops
-//! until the browser asks for a keyframe about 3 s later.
+//! With forward error correction on (`--fec`, the default), a subscriber's video goes out
+//! wrapped in RED (RFC 2198, see [`fec`](crate::fec)). The `rtc` NACK responder retransmits
+//! over RTX with the one RTX payload type of the stream, the one associated with its primary
+//! codec (VP8's), whatever the packet's own payload type was. A RED packet resent that way
+//! reaches the browser as a VP8 packet with a RED header in front, which it cannot
+//! depacketize: the frame never completes, its sequence number no longer counts as missing,
+//! and the picture stops until the browser asks for a keyframe about 3 s later.
 //!
 //! This interceptor sits between the NACK responder and the wire on subscriber connections
 //! with `--fec`. It keeps each stream's recent RED packets as they were written, and replaces
