@@ -258,11 +258,9 @@ const PAIR_MAX_SEND_GAP: Duration = Duration::from_millis(20);
 /// How much further apart a pair must arrive than it left to count as spread by a queue
 /// (arrival times come in 250 µs steps).
 const PAIR_SPREAD: Duration = Duration::from_millis(1);
-/// A pair that left at most this far apart and arrived no further apart shows the path
-/// carries at least the pair's own rate.
+/// A pair that left at most this far apart and arrived no further apart shows the path is
+/// faster than the pair.
 const PAIR_TIGHT_SEND_GAP: Duration = Duration::from_millis(2);
-/// Arrival gaps are not resolved below this (transport-cc reports 250 µs steps).
-const ARRIVAL_RESOLUTION: Duration = Duration::from_micros(250);
 /// The second packet of a pair must be at least this large for its gap to mean anything.
 const PAIR_MIN_BYTES: usize = 200;
 /// How long pair measurements are kept.
@@ -286,22 +284,25 @@ const PAIR_SHARE: f64 = 0.9;
 /// after the first. Its size over that arrival gap is the link's rate, whatever else the
 /// path does. The video's own frames make such pairs (a frame's packets leave together, as
 /// the publisher paced them, and parity follows a frame at once), so nothing extra is sent.
-/// A tight pair that arrives no further apart than it left shows only that the path is at
-/// least as fast as the pair; it counts at that rate, so a lifted limit shows at once.
+/// A tight pair that arrives no further apart than it left shows only that the path is
+/// faster than the pair; when most recent pairs do, the path has widened (a limit lifted).
 #[derive(Debug, Default)]
 struct PairCapacity {
     /// The last packet reported, if it arrived: (departure, arrival).
     last: Option<(Instant, Duration)>,
-    /// (feedback time, bits per second) of each pair, oldest first.
-    samples: VecDeque<(Instant, f64)>,
+    /// (feedback time, the rate a spread pair measured, or `None` for a tight pair that did
+    /// not spread), oldest first.
+    samples: VecDeque<(Instant, Option<f64>)>,
 }
 
 impl PairCapacity {
     /// Folds in one reported packet (in send order); `now` is the feedback's time.
     fn on_report(&mut self, now: Instant, report: &PacketReport) {
-        while self.samples.front().is_some_and(|(t, _)| {
-            now.saturating_duration_since(*t) > PAIR_WINDOW || self.samples.len() > PAIR_SAMPLES
-        }) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > PAIR_WINDOW)
+        {
             self.samples.pop_front();
         }
         let arrival = report.arrival.filter(|_| report.arrived);
@@ -314,33 +315,43 @@ impl PairCapacity {
         }
         let send_gap = report.departure.saturating_duration_since(sent_before);
         let arrival_gap = arrived.saturating_sub(arrived_before);
-        let bits = report.size as f64 * 8.0;
-        let rate = if send_gap <= PAIR_MAX_SEND_GAP && arrival_gap >= send_gap + PAIR_SPREAD {
-            bits / arrival_gap.as_secs_f64()
+        let sample = if send_gap <= PAIR_MAX_SEND_GAP && arrival_gap >= send_gap + PAIR_SPREAD {
+            Some(report.size as f64 * 8.0 / arrival_gap.as_secs_f64())
         } else if send_gap <= PAIR_TIGHT_SEND_GAP {
-            bits / arrival_gap
-                .max(send_gap)
-                .max(ARRIVAL_RESOLUTION)
-                .as_secs_f64()
+            None
         } else {
             return;
         };
         if self.samples.len() == PAIR_SAMPLES {
             self.samples.pop_front();
         }
-        self.samples.push_back((now, rate));
+        self.samples.push_back((now, sample));
     }
 
-    /// The median of the latest [`PAIR_SAMPLES`] pairs of the last [`PAIR_WINDOW`], once
-    /// there are [`PAIR_MIN_SAMPLES`] of them.
+    /// The latest [`PAIR_SAMPLES`] pairs of the last [`PAIR_WINDOW`], once there are
+    /// [`PAIR_MIN_SAMPLES`] of them, and how many of them spread.
+    fn recent(&self) -> Option<usize> {
+        (self.samples.len() >= PAIR_MIN_SAMPLES)
+            .then(|| self.samples.iter().filter(|(_, s)| s.is_some()).count())
+    }
+
+    /// The bottleneck's rate: the median of the spread pairs, when most recent pairs spread.
     fn bps(&self) -> Option<f64> {
-        if self.samples.len() < PAIR_MIN_SAMPLES {
+        let spread = self.recent()?;
+        if spread * 2 <= self.samples.len() {
             return None;
         }
-        let mut rates: Vec<f64> = self.samples.iter().map(|(_, r)| *r).collect();
+        let mut rates: Vec<f64> = self.samples.iter().filter_map(|(_, s)| *s).collect();
         let mid = rates.len() / 2;
         let (_, median, _) = rates.select_nth_unstable_by(mid, f64::total_cmp);
         Some(*median)
+    }
+
+    /// Whether most recent pairs arrived as close as they left: the path is faster than
+    /// they test.
+    fn widened(&self) -> bool {
+        self.recent()
+            .is_some_and(|spread| spread * 2 <= self.samples.len())
     }
 }
 
@@ -389,8 +400,8 @@ pub(crate) enum Congestion {
 /// capacity. Without them it climbs by [`GROWTH`] a second, but by [`GROWTH_ABOVE_CAPACITY`]
 /// just above the capacity (up to [`CAPACITY_FORGOTTEN`] times it), where an upgrade would
 /// likely fill the path again, and never past [`PAIR_SHARE`] of the narrowest link's rate
-/// that packet pairs measure ([`PairCapacity`]); pairs that show a path much faster than
-/// the capacity (a limit lifted) make it climb at [`GROWTH`] again.
+/// that packet pairs measure ([`PairCapacity`]); pairs that show a path faster than the
+/// capacity (a limit lifted) make it climb at [`GROWTH`] again.
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryBound {
     bound: Option<f64>,
@@ -550,9 +561,10 @@ impl DeliveryBound {
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         if let Some(bound) = self.bound {
             let bottleneck = self.pairs.bps();
-            // Pairs that show a much faster path than the capacity last seen (a limit
-            // lifted) make that capacity say nothing any more.
-            let capacity_known = bottleneck.is_none_or(|b| b < self.capacity * CAPACITY_FORGOTTEN);
+            // Pairs that show a path faster than the capacity last seen (a limit lifted)
+            // make that capacity say nothing any more.
+            let capacity_known = !self.pairs.widened()
+                && bottleneck.is_none_or(|b| b < self.capacity * CAPACITY_FORGOTTEN);
             let near_capacity = capacity_known
                 && (self.capacity..self.capacity * CAPACITY_FORGOTTEN).contains(&bound);
             let rate = if near_capacity {
@@ -1044,10 +1056,16 @@ mod tests {
         // nothing any more, and the bound climbs at the full rate.
         call.link.rate_bps = 10_000_000.0;
         call.run_frames(Duration::from_secs(6), 2, 600);
+        assert!(call.bound.pairs.widened(), "the pairs no longer spread");
+        assert_eq!(call.bound.pairs.bps(), None, "and set no ceiling");
         let lifted = call.bound.bps().unwrap_or(f64::INFINITY);
         assert!(
             lifted > 650_000.0,
             "a middle layer's rate within 6 s: {held} → {lifted}"
         );
+        // The pairs (about 10 Mbit/s apart) never cap what a fast path may carry.
+        call.run_frames(Duration::from_secs(20), 2, 600);
+        let later = call.bound.bps().unwrap_or(f64::INFINITY);
+        assert!(later > 2_000_000.0, "{later}");
     }
 }
