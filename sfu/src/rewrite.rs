@@ -4,9 +4,12 @@
 //! A subscriber sees one continuous stream per forwarded track even when the source behind it
 //! changes (a publisher restarts its encoder, or later a simulcast layer switch): sequence
 //! numbers go on from the last one sent, and timestamps advance by the wall-clock time that
-//! passed. Everything here is plain arithmetic on values passed in, so it is tested without
+//! passed. VP8's picture ids and TL0PICIDX go on the same way: each simulcast layer numbers
+//! its own pictures, and a receiver that saw one layer's numbers before a switch refers the
+//! other layer's frames to pictures it never decoded. Everything here is plain arithmetic on values passed in, so it is tested without
 //! sockets or clocks.
 
+use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -76,6 +79,46 @@ pub struct SequenceRewriter {
     /// Packets the router added to the current source's numbering ([`Self::insert`]): the
     /// highest incoming sequence number at each, oldest first.
     inserted: VecDeque<u16>,
+    /// The current source's VP8 picture-id and TL0PICIDX offsets, set by its first packet.
+    pictures: Option<PictureOffsets>,
+    /// The newest VP8 picture id handed out, and the TL0PICIDX that came with it.
+    last_picture: Option<(u16, Option<u8>)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PictureOffsets {
+    picture_id: u16,
+    tl0: u8,
+}
+
+/// Where a VP8 payload descriptor (RFC 7741 §4.2) keeps the fields a subscriber must see
+/// continue.
+struct Vp8Fields {
+    /// The picture id's offset, and whether it is 15 bits wide (else 7).
+    picture: Option<(usize, bool)>,
+    /// TL0PICIDX's offset.
+    tl0: Option<usize>,
+}
+
+fn vp8_fields(payload: &[u8]) -> Option<Vp8Fields> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        return Some(Vp8Fields {
+            picture: None,
+            tl0: None,
+        });
+    }
+    let x = *payload.get(1)?;
+    let mut at = 2;
+    let mut picture = None;
+    if x & 0x80 != 0 {
+        let wide = payload.get(at)? & 0x80 != 0;
+        picture = Some((at, wide));
+        at += if wide { 2 } else { 1 };
+    }
+    let tl0 = (x & 0x40 != 0).then_some(at);
+    payload.get(at + usize::from(tl0.is_some()))?;
+    Some(Vp8Fields { picture, tl0 })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +162,8 @@ impl SequenceRewriter {
                 at: now,
             },
             inserted: VecDeque::new(),
+            pictures: None,
+            last_picture: None,
         }
     }
 
@@ -127,6 +172,64 @@ impl SequenceRewriter {
     pub fn reset_source(&mut self) {
         self.base = None;
         self.inserted.clear();
+        self.pictures = None;
+    }
+
+    /// Rewrites a VP8 payload's picture id and TL0PICIDX so that they go on from the last
+    /// ones sent, as sequence numbers do: the current source's first packet (a keyframe, at
+    /// a switch) takes the next of each. Returns the payload itself while nothing changes,
+    /// else a rewritten copy.
+    pub fn rewrite_vp8(&mut self, payload: &Bytes) -> Bytes {
+        let Some(Vp8Fields { picture, tl0 }) = vp8_fields(payload) else {
+            return payload.clone();
+        };
+        let read_picture = |(at, wide): (usize, bool)| {
+            if wide {
+                u16::from_be_bytes([payload[at] & 0x7f, payload[at + 1]])
+            } else {
+                u16::from(payload[at])
+            }
+        };
+        let in_picture = picture.map(read_picture);
+        let in_tl0 = tl0.map(|at| payload[at]);
+        let last = self.last_picture;
+        let offsets = *self.pictures.get_or_insert_with(|| match last {
+            Some((picture, tl0)) => PictureOffsets {
+                picture_id: picture
+                    .wrapping_add(1)
+                    .wrapping_sub(in_picture.unwrap_or(0)),
+                tl0: tl0.map_or(0, |t| t.wrapping_add(1).wrapping_sub(in_tl0.unwrap_or(0))),
+            },
+            None => PictureOffsets {
+                picture_id: 0,
+                tl0: 0,
+            },
+        });
+        let out_picture = in_picture.map(|p| p.wrapping_add(offsets.picture_id) & 0x7fff);
+        let out_tl0 = in_tl0.map(|t| t.wrapping_add(offsets.tl0));
+        if let Some(out) = out_picture {
+            let newer =
+                last.is_none_or(|(l, _)| (1..0x4000).contains(&(out.wrapping_sub(l) & 0x7fff)));
+            if newer {
+                self.last_picture = Some((out, out_tl0.or(last.and_then(|(_, t)| t))));
+            }
+        }
+        if offsets.picture_id == 0 && offsets.tl0 == 0 {
+            return payload.clone();
+        }
+        let mut out = BytesMut::from(&payload[..]);
+        if let (Some((at, wide)), Some(p)) = (picture, out_picture) {
+            if wide {
+                out[at] = 0x80 | (p >> 8) as u8;
+                out[at + 1] = p as u8;
+            } else {
+                out[at] = (p & 0x7f) as u8;
+            }
+        }
+        if let (Some(at), Some(t)) = (tl0, out_tl0) {
+            out[at] = t;
+        }
+        out.freeze()
     }
 
     /// Takes the next sequence number for a packet the router adds to the stream itself (a
@@ -279,6 +382,68 @@ mod tests {
         assert_eq!(rw.insert().seq, 107);
         rw.reset_source();
         assert_eq!(rw.rewrite(5000, 0, t0).unwrap().seq, 108);
+    }
+
+    /// A VP8 payload descriptor with a 15-bit picture id and TL0PICIDX, then one byte.
+    fn vp8(picture: u16, tl0: u8) -> Bytes {
+        Bytes::from(vec![
+            0x90,
+            0xc0,
+            0x80 | (picture >> 8) as u8,
+            picture as u8,
+            tl0,
+            0xaa,
+        ])
+    }
+
+    fn fields(payload: &Bytes) -> (u16, u8) {
+        (
+            u16::from_be_bytes([payload[2] & 0x7f, payload[3]]),
+            payload[4],
+        )
+    }
+
+    #[test]
+    fn vp8_picture_ids_and_tl0_go_on_across_a_source_change() {
+        let t0 = Instant::now();
+        let mut rw = SequenceRewriter::new(90_000, 0, 0, t0);
+        // The first source passes as it is (nothing to continue from).
+        let first = vp8(32_000, 250);
+        assert_eq!(rw.rewrite_vp8(&first), first);
+        for (p, t) in [(32_001, 250), (32_767, 255), (0, 0), (1, 0)] {
+            assert_eq!(fields(&rw.rewrite_vp8(&vp8(p, t))), (p, t));
+        }
+        // A layer switch: the other layer numbers its pictures on its own.
+        rw.reset_source();
+        let keyframe = rw.rewrite_vp8(&vp8(7_000, 9));
+        assert_eq!(
+            fields(&keyframe),
+            (2, 1),
+            "the next picture id and TL0PICIDX"
+        );
+        assert_eq!(keyframe[5], 0xaa, "the rest is untouched");
+        assert_eq!(fields(&rw.rewrite_vp8(&vp8(7_001, 9))), (3, 1));
+        assert_eq!(fields(&rw.rewrite_vp8(&vp8(7_002, 10))), (4, 2));
+        // A late packet of an earlier picture keeps its mapping and does not move "last".
+        assert_eq!(fields(&rw.rewrite_vp8(&vp8(7_001, 9))), (3, 1));
+        rw.reset_source();
+        assert_eq!(fields(&rw.rewrite_vp8(&vp8(100, 200))), (5, 3));
+    }
+
+    #[test]
+    fn vp8_descriptors_without_the_fields_pass_unchanged() {
+        let t0 = Instant::now();
+        let mut rw = SequenceRewriter::new(90_000, 0, 0, t0);
+        rw.rewrite_vp8(&vp8(10, 1));
+        rw.reset_source();
+        // No extension bits; a 7-bit picture id without TL0PICIDX; a truncated descriptor.
+        let plain = Bytes::from_static(&[0x10, 0x00]);
+        assert_eq!(rw.rewrite_vp8(&plain), plain);
+        rw.reset_source();
+        let short = Bytes::from_static(&[0x90, 0x80, 0x05, 0x00]);
+        assert_eq!(rw.rewrite_vp8(&short)[2], 11, "7 bits wide, next after 10");
+        let truncated = Bytes::from_static(&[0x90, 0xc0, 0x80]);
+        assert_eq!(rw.rewrite_vp8(&truncated), truncated);
     }
 
     #[test]

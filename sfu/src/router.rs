@@ -1637,6 +1637,9 @@ impl Router {
             out.header.payload_type = pt;
             out.header.sequence_number = rewritten.seq;
             out.header.timestamp = rewritten.ts;
+            if track.video_codec == Some(VideoCodec::Vp8) {
+                out.payload = sub.rewriter.rewrite_vp8(&out.payload);
+            }
             out.header
                 .extensions
                 .retain_mut(|ext| match negotiated.extensions.map(ext.id) {
