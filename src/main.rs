@@ -9,6 +9,12 @@ mod pages;
 mod recording;
 mod secrets;
 
+/// mimalloc instead of glibc's malloc: the gateway's rings allocate and free thousands of
+/// frames a second across threads; with glibc's malloc 1,000 ambulances took 0.05-0.2 core
+/// more and their p99 was 2-7 times longer (docs/benchmarks.md, "Telemetry gateway").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::{ServeArgs, Tls};

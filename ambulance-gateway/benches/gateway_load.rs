@@ -21,7 +21,7 @@
 //! data after the history (missing, duplicate), and `gap` messages. After a warm-up the
 //! measured period samples the server threads' CPU time (`/proc/self/task/*/stat`), the
 //! process's memory (`VmRSS`, and heap bytes allocated outside the load threads, counted by a
-//! wrapper around the system allocator) and the gateway's own `telemetry_fanout_seconds`
+//! wrapper around mimalloc, the medrelay binary's allocator) and the gateway's own `telemetry_fanout_seconds`
 //! histogram (frame taken → accepted by a viewer's socket), read through
 //! [`Gateway::register_metrics`].
 
@@ -36,8 +36,9 @@ use axum::serve::ListenerExt;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use mimalloc::MiMalloc;
 use signaling::token::{Role, Scope, TokenKeys};
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::alloc::{GlobalAlloc, Layout as AllocLayout};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -166,7 +167,7 @@ fn parse_args() -> Args {
 
 // ----- heap accounting ------------------------------------------------------------------------
 
-/// The system allocator, counting live heap bytes of the load threads apart from the rest
+/// The medrelay binary's allocator (mimalloc), counting live heap bytes of the load threads apart from the rest
 /// (the gateway's threads, its journal thread, this main thread).
 struct Counting;
 
@@ -187,10 +188,11 @@ fn account(delta: i64) {
     counter.fetch_add(delta, Relaxed);
 }
 
-// SAFETY: every call is forwarded to `System` unchanged; only sizes are counted.
+// SAFETY: every call is forwarded to `MiMalloc` (the medrelay binary's allocator) unchanged;
+// only sizes are counted.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { MiMalloc.alloc(layout) };
         if !p.is_null() {
             account(layout.size() as i64);
         }
@@ -198,7 +200,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: AllocLayout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { MiMalloc.alloc_zeroed(layout) };
         if !p.is_null() {
             account(layout.size() as i64);
         }
@@ -206,12 +208,12 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { MiMalloc.dealloc(ptr, layout) };
         account(-(layout.size() as i64));
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             account(new_size as i64 - layout.size() as i64);
         }

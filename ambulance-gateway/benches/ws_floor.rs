@@ -51,6 +51,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+/// The medrelay binary's allocator, so the floor and `gateway_load` compare like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One waveform payload per ambulance per period.
 const PERIOD: Duration = Duration::from_millis(40);
 /// Periods per numerics payload: one a second.

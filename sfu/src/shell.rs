@@ -30,6 +30,9 @@ const TCP_EVENT_QUEUE: usize = 4096;
 const SEND_BATCH: usize = 64;
 /// Datagrams read in one go before outputs are flushed.
 const READ_BATCH: usize = 64;
+/// Ports tried when the system picks the media port: the number it picks for UDP may be
+/// taken for TCP (another connection's local port), and ICE-TCP needs the same number.
+const EPHEMERAL_BIND_ATTEMPTS: usize = 16;
 
 /// A command from signaling to the media loop.
 enum Command {
@@ -209,6 +212,29 @@ impl SfuHandle {
     }
 }
 
+/// Binds the media UDP socket and the ICE-TCP listener on the same port number.
+///
+/// With port 0 the system picks the number, and a number free for UDP may be taken for TCP;
+/// then another is tried (the taken ones are held until the end so none comes back). An
+/// explicit port that is taken is an error at once.
+async fn bind_media(bind: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut taken = Vec::new();
+    loop {
+        let socket = UdpSocket::bind(bind).await?;
+        match TcpListener::bind(socket.local_addr()?).await {
+            Ok(listener) => return Ok((socket, listener)),
+            Err(e)
+                if bind.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && taken.len() + 1 < EPHEMERAL_BIND_ATTEMPTS =>
+            {
+                taken.push(socket);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Binds the media socket and spawns the media loop.
 ///
 /// Returns the handle for signaling and the stream of router events. Events are control
@@ -221,10 +247,8 @@ pub async fn spawn(
     taps: Option<Box<dyn TapSink>>,
     fec: bool,
 ) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<RouterEvent>)> {
-    let socket = UdpSocket::bind(bind).await?;
+    let (socket, listener) = bind_media(bind).await?;
     let local = socket.local_addr()?;
-    // ICE-TCP on the same port number.
-    let listener = TcpListener::bind(local).await?;
     let (tcp_tx, tcp_rx) = mpsc::channel(TCP_EVENT_QUEUE);
     tokio::spawn(tcp::accept(listener, tcp_tx));
     let media_addr = SocketAddr::new(announce.unwrap_or(local.ip()), local.port());
@@ -470,5 +494,23 @@ fn apply(router: &mut Router, command: Command) {
         } => {
             let _ = reply.send(router.set_pinned(now, id, track_id.as_deref()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_system_picked_port_serves_udp_and_tcp() {
+        let (udp, tcp) = bind_media("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert_eq!(udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_explicit_port_taken_for_tcp_is_an_error() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind_media(held.local_addr().unwrap()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 }
