@@ -385,7 +385,8 @@ impl ClientPeer {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(change) = event {
                 let meter = &state.timing.meter;
                 match change {
-                    RTCPeerConnectionState::Connected => {
+                    // Once per peer: an ICE restart reaches `connected` again.
+                    RTCPeerConnectionState::Connected if !state.connected => {
                         state.connected = true;
                         meter.connected_peers.fetch_add(1, Ordering::Relaxed);
                     }

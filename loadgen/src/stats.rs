@@ -72,7 +72,8 @@ pub struct Meter {
     /// Datagrams the kernel dropped at the load generator's own sockets because it read
     /// them too slowly: its own overload, not the SFU's.
     pub socket_drops: AtomicU64,
-    /// Peer connections that reached `connected`.
+    /// Peer connections that reached `connected` (each counted once, however often it
+    /// reconnects).
     pub connected_peers: AtomicU64,
     /// Peer connections that failed.
     pub failed_peers: AtomicU64,
