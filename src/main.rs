@@ -9,12 +9,6 @@ mod pages;
 mod recording;
 mod secrets;
 
-/// mimalloc instead of glibc's malloc: the gateway's rings allocate and free thousands of
-/// frames a second across threads; with glibc's malloc 1,000 ambulances took 0.05-0.2 core
-/// more and their p99 was 2-7 times longer (docs/benchmarks.md, "Telemetry gateway").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::{ServeArgs, Tls};
@@ -24,6 +18,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::info;
+
+/// mimalloc instead of glibc's malloc: the gateway's rings allocate and free thousands of
+/// frames a second across threads; with glibc's malloc 1,000 ambulances took 0.04-0.19 core
+/// more, with a higher p99 (docs/benchmarks.md, "Telemetry gateway", fifth round).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Real-time telemedicine and emergency media backend.
 #[derive(Parser)]

@@ -21,9 +21,9 @@
 //! data after the history (missing, duplicate), and `gap` messages. After a warm-up the
 //! measured period samples the server threads' CPU time (`/proc/self/task/*/stat`), the
 //! process's memory (`VmRSS`, and heap bytes allocated outside the load threads, counted by a
-//! wrapper around mimalloc, the medrelay binary's allocator) and the gateway's own `telemetry_fanout_seconds`
-//! histogram (frame taken → accepted by a viewer's socket), read through
-//! [`Gateway::register_metrics`].
+//! wrapper around mimalloc, the medrelay binary's allocator) and the gateway's own
+//! `telemetry_fanout_seconds` histogram (frame taken → accepted by a viewer's socket), read
+//! through [`Gateway::register_metrics`].
 
 use ambulance_gateway::agent::simulator::{GAIN, SimConfig, Simulator};
 use ambulance_gateway::agent::source::{TWELVE_LEADS, lead_mdc};
@@ -167,8 +167,8 @@ fn parse_args() -> Args {
 
 // ----- heap accounting ------------------------------------------------------------------------
 
-/// The medrelay binary's allocator (mimalloc), counting live heap bytes of the load threads apart from the rest
-/// (the gateway's threads, its journal thread, this main thread).
+/// The medrelay binary's allocator (mimalloc), counting live heap bytes of the load threads
+/// apart from the rest (the gateway's threads, its journal thread, this main thread).
 struct Counting;
 
 #[repr(align(64))]
